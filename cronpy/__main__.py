@@ -1,0 +1,3 @@
+from cronpy.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""Every error cronpy raises on purpose, each with the exit status the CLI maps it to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: try again later
+EXIT_TIMEOUT = 124  # as coreutils timeout(1)
+
+
+class CronpyError(Exception):
+    """Raised for any failure cronpy reports to the user rather than as a traceback."""
+
+    exit_code: int = EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a jobs file, located by line and dotted key."""
+
+    line: int | None
+    key: str
+    message: str
+
+    def format(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line is not None else source
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(CronpyError):
+    """Raised when a jobs file cannot be read or is invalid; carries every problem found."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = sorted(problems, key=lambda p: (p.line or 0, p.key))
+        lines = [p.format(source) for p in self.problems]
+        count = len(lines)
+        header = f"{source}: {count} problem{'s' if count != 1 else ''} found"
+        super().__init__(header + "\n" + "\n".join(lines))
+
+
+class UsageError(CronpyError):
+    """Raised when a command's arguments are wrong, e.g. a job name the file does not define."""
+
+    exit_code = EXIT_USAGE
+
+
+class LockHeld(CronpyError):
+    """Raised when a job (or the scheduler) is locked by another run or process."""
+
+    exit_code = EXIT_LOCKED
+
+    def __init__(self, what: str, holder: str | None = None) -> None:
+        self.what = what
+        self.holder = holder
+        detail = f" (held by {holder})" if holder else ""
+        super().__init__(f"{what} is already running elsewhere{detail}")
+
+
+class HistoryError(CronpyError):
+    """Raised when the history database cannot be opened, migrated or written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(f"history database {path}: {reason}")
+
+
+class RunNotFound(CronpyError):
+    """Raised when `cronpy show` is given a run id that is not in the history."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"no run with id {run_id}")

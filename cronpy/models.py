@@ -1,0 +1,216 @@
+"""The data cronpy passes around: job specifications, schedules, runs and their outcomes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class RunStatus(enum.StrEnum):
+    """The outcome of one attempt of a job; the value is what history.db stores."""
+
+    RUNNING = "running"  #: started and not yet finished (or its runner died: see INTERRUPTED)
+    SUCCESS = "success"  #: exited 0, or the Python entry point returned
+    FAILED = "failed"  #: exited non-zero, raised, or could not be started
+    TIMEOUT = "timeout"  #: killed after exceeding its `timeout`
+    INTERRUPTED = "interrupted"  #: stopped by a shutdown, or found running after its runner died
+    SKIPPED = "skipped"  #: due, but not run (overlap, lock held elsewhere); `error` says why
+
+    @property
+    def finished(self) -> bool:
+        return self is not RunStatus.RUNNING
+
+
+class Trigger(enum.StrEnum):
+    """Why a run started."""
+
+    SCHEDULE = "schedule"  #: its schedule came due
+    MANUAL = "manual"  #: `cronpy trigger`
+    RETRY = "retry"  #: an earlier attempt of the same run failed
+    START = "start"  #: `run_on_start: true` when the runner started
+    CATCHUP = "catchup"  #: fired once after downtime for instants missed (`catch_up: true`)
+
+
+class Overlap(enum.StrEnum):
+    """What to do when a job comes due while a run of it is still going."""
+
+    SKIP = "skip"  #: record the new run as skipped (the default, like a systemd timer)
+    QUEUE = "queue"  #: run it as soon as the current one ends; at most one waits
+    ALLOW = "allow"  #: run both at once
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential delay between retries: initial * factor**(n-1), capped at max, with jitter."""
+
+    initial: float = 10.0
+    factor: float = 2.0
+    max: float = 600.0
+    jitter: float = 0.1  #: each delay is stretched by a random fraction in [0, jitter)
+
+    def delay(self, retry: int, rand: float = 0.0) -> float:
+        """Return the delay before retry number `retry` (1-based); `rand` in [0, 1)."""
+        base = min(self.max, self.initial * self.factor ** (retry - 1))
+        return base * (1.0 + self.jitter * rand)
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A cron expression: 5 fields, 6 with leading seconds, or a translated @preset."""
+
+    expr: str
+    text: str  #: as written in the file (e.g. "@daily")
+
+
+@dataclass(frozen=True)
+class Every:
+    """A fixed interval, counted in elapsed time from the previous scheduled instant."""
+
+    seconds: float
+    text: str
+
+
+@dataclass(frozen=True)
+class At:
+    """A one-shot instant."""
+
+    when: datetime  #: aware
+    text: str
+
+
+Schedule = Cron | Every | At
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of a jobs file, with defaults merged in; immutable once loaded."""
+
+    name: str
+    schedule: Schedule | None = None
+    command: str | tuple[str, ...] | None = None  #: a str runs under /bin/sh -c, a tuple is exec'd
+    python: str | None = None  #: "package.module:function"
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    enabled: bool = True
+    timezone: str = "UTC"
+    timeout: float | None = None
+    kill_grace: float = 10.0  #: seconds between SIGTERM and SIGKILL of the process group
+    retries: int = 0
+    backoff: Backoff = Backoff()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    run_on_start: bool = False
+    overlap: Overlap = Overlap.SKIP
+    priority: int = 0
+    jitter: float = 0.0
+    catch_up: bool = False
+    line: int | None = None  #: where the job is defined in its file
+
+    @property
+    def kind(self) -> str:
+        return "python" if self.python else "command"
+
+
+@dataclass(frozen=True)
+class JobSet:
+    """A whole jobs file after validation."""
+
+    jobs: Mapping[str, JobSpec]
+    source: Path | None = None
+    timezone: str = "UTC"
+    state_dir: Path | None = None  #: as the file says, resolved against its folder
+    max_concurrent: int = 4
+    history_retention: float | None = 30 * 86400.0
+    shutdown_grace: float = 30.0
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of history: one attempt of one job."""
+
+    id: int
+    job: str
+    status: RunStatus
+    trigger: Trigger
+    attempt: int
+    scheduled_for: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+    exit_code: int | None
+    error: str | None
+    output: str | None
+    result: Any
+    pid: int | None
+    host: str | None
+
+    def to_json(self, *, with_output: bool = True) -> dict[str, Any]:
+        """Return the run as JSON-ready data: ISO 8601 times with offset, duration in seconds."""
+
+        def iso(dt: datetime | None) -> str | None:
+            return dt.isoformat() if dt else None
+
+        data: dict[str, Any] = {
+            "id": self.id,
+            "job": self.job,
+            "status": self.status.value,
+            "trigger": self.trigger.value,
+            "attempt": self.attempt,
+            "scheduled_for": iso(self.scheduled_for),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration": self.duration,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "result": self.result,
+            "pid": self.pid,
+            "host": self.host,
+        }
+        if with_output:
+            data["output"] = self.output
+        return data
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """Aggregates of one job's runs over a period."""
+
+    job: str
+    runs: int
+    successes: int
+    failures: int
+    timeouts: int
+    mean: float | None
+    p50: float | None
+    p95: float | None
+    max: float | None
+    last_started: datetime | None
+    last_status: RunStatus | None
+
+    @property
+    def finished(self) -> int:
+        return self.successes + self.failures + self.timeouts
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.finished if self.finished else None
+
+    @property
+    def health(self) -> str:
+        """healthy at >= 95 % success, warning at >= 80 %, else unhealthy; unknown with no runs."""
+        rate = self.success_rate
+        if rate is None:
+            return "unknown"
+        if rate >= 0.95:
+            return "healthy"
+        if rate >= 0.80:
+            return "warning"
+        return "unhealthy"
