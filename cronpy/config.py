@@ -1,0 +1,485 @@
+"""Read and validate a jobs file: every problem at once, each with its file, line and key.
+
+`parse_jobs(text, source)` does the work on a string; `load_jobs(path)` is a thin wrapper.
+Only safe YAML is loaded: the document is composed into nodes (which keeps line numbers and
+lets a repeated key be reported instead of silently winning), and each scalar is built by
+PyYAML's SafeLoader, so a tag such as `!!python/object` is an error, never a constructor.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from cronpy.durations import parse_duration
+from cronpy.errors import ConfigError, Problem, UsageError
+from cronpy.models import At, Backoff, JobSet, JobSpec, Overlap
+from cronpy.schedule import next_fire, parse_schedule, zone
+
+TOP_KEYS = {"timezone", "state_dir", "max_concurrent", "history_retention", "shutdown_grace", "defaults", "jobs"}
+JOB_KEYS = {
+    "description", "schedule", "at", "command", "python", "args", "kwargs", "enabled", "timezone",
+    "timeout", "kill_grace", "retries", "backoff", "env", "cwd", "run_on_start", "overlap",
+    "priority", "jitter", "catch_up",
+}
+BACKOFF_KEYS = {"initial", "factor", "max", "jitter"}
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ENTRY_POINT = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+@dataclass
+class _Doc:
+    """A composed YAML document turned into Python values, with the line of every path."""
+
+    lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def line(self, *path: Any) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+    def error(self, path: tuple[Any, ...], message: str) -> None:
+        key = ".".join(str(p) for p in path)
+        # One problem per key: a bad default is reported once, not once per job, and a value
+        # already rejected (an unsafe tag) is not reported again as the wrong type.
+        if not any(p.key == key for p in self.problems):
+            self.problems.append(Problem(self.line(*path), key, message))
+
+
+_SAFE_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:timestamp",
+}
+
+
+def _build(node: yaml.Node, path: tuple[Any, ...], doc: _Doc, loader: yaml.SafeLoader) -> Any:
+    doc.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        if node.tag != "tag:yaml.org,2002:map":
+            doc.error(path, f"unsupported YAML tag {node.tag!r}: only plain (safe) YAML is accepted")
+            return None
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                if key_node.value in seen:
+                    doc.problems.append(Problem(
+                        key_node.start_mark.line + 1,
+                        ".".join(str(p) for p in path + (key_node.value,)),
+                        f"duplicate key (first defined on line {seen[key_node.value]})",
+                    ))
+                else:
+                    seen[key_node.value] = key_node.start_mark.line + 1
+        try:
+            loader.flatten_mapping(node)  # resolve `<<: *anchor` merge keys
+        except yaml.YAMLError as exc:
+            doc.error(path, str(exc).splitlines()[0])
+            return None
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _build(key_node, path + ("<key>",), doc, loader)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                doc.error(path, "mapping keys must be plain scalars")
+                continue
+            key = str(key) if not isinstance(key, str) else key
+            doc.lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _build(value_node, path + (key,), doc, loader)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        if node.tag != "tag:yaml.org,2002:seq":
+            doc.error(path, f"unsupported YAML tag {node.tag!r}: only plain (safe) YAML is accepted")
+            return None
+        return [_build(item, path + (i,), doc, loader) for i, item in enumerate(node.value)]
+    if node.tag not in _SAFE_SCALAR_TAGS:
+        doc.error(path, f"unsupported YAML tag {node.tag!r}: only plain (safe) YAML is accepted")
+        return None
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        doc.error(path, str(exc).splitlines()[0])
+        return None
+
+
+def _compose(text: str, source: str) -> tuple[Any, _Doc]:
+    doc = _Doc()
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(source, [Problem(line, "", f"YAML syntax error: {exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [Problem(None, "", f"YAML error: {exc}")]) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        return None, doc
+    return _build(node, (), doc, loader), doc
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Checker:
+    """Turns the raw mapping of one document into a JobSet, collecting problems as it goes."""
+
+    def __init__(self, doc: _Doc, base_dir: Path, now: datetime | None) -> None:
+        self.doc = doc
+        self.base_dir = base_dir
+        self.now = now
+
+    def err(self, path: tuple[Any, ...], message: str) -> None:
+        self.doc.error(path, message)
+
+    def unknown_keys(self, mapping: Mapping[str, Any], known: set[str], path: tuple[Any, ...], what: str) -> None:
+        for key in mapping:
+            if key not in known:
+                self.err(path + (key,), f"unknown {what} key{_did_you_mean(key, known)}")
+
+    def typed(self, value: Any, path: tuple[Any, ...], kind: type | tuple[type, ...], expect: str) -> bool:
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _as_tuple(kind))
+        if not ok:
+            self.err(path, f"expected {expect}, got {_describe(value)}")
+        return ok
+
+    def duration(self, value: Any, path: tuple[Any, ...], *, positive: bool = False) -> float | None:
+        try:
+            seconds = parse_duration(value)
+        except (ValueError, TypeError) as exc:
+            self.err(path, str(exc) if isinstance(exc, ValueError) else f"expected a duration, got {_describe(value)}")
+            return None
+        if positive and seconds <= 0:
+            self.err(path, "must be longer than zero")
+            return None
+        return seconds
+
+    def integer(self, value: Any, path: tuple[Any, ...], *, minimum: int | None = None) -> int | None:
+        if not self.typed(value, path, int, "a whole number"):
+            return None
+        if minimum is not None and value < minimum:
+            self.err(path, f"must be at least {minimum}, got {value}")
+            return None
+        return int(value)
+
+    def timezone(self, value: Any, path: tuple[Any, ...]) -> str | None:
+        if not self.typed(value, path, str, "an IANA time zone name"):
+            return None
+        try:
+            zone(value)
+        except ValueError as exc:
+            self.err(path, str(exc))
+            return None
+        return str(value)
+
+    def top(self, raw: Any) -> JobSet | None:
+        if raw is None:
+            self.err((), "the file is empty: expected a mapping with a `jobs:` key")
+            return None
+        if not isinstance(raw, dict):
+            self.err((), f"the top level must be a mapping with a `jobs:` key, got {_describe(raw)}")
+            return None
+        self.unknown_keys(raw, TOP_KEYS, (), "top-level")
+        tz = self.timezone(raw.get("timezone", "UTC"), ("timezone",)) or "UTC"
+        state_dir = None
+        if "state_dir" in raw and self.typed(raw["state_dir"], ("state_dir",), str, "a path"):
+            state_dir = (self.base_dir / os.path.expanduser(raw["state_dir"])).resolve()
+        max_conc = self.integer(raw.get("max_concurrent", 4), ("max_concurrent",), minimum=1) or 4
+        retention: float | None = 30 * 86400.0
+        if "history_retention" in raw:
+            retention = None if raw["history_retention"] in (None, "forever") else self.duration(
+                raw["history_retention"], ("history_retention",), positive=True)
+        grace = self.duration(raw.get("shutdown_grace", 30), ("shutdown_grace",))
+        defaults: dict[str, Any] = {}
+        if "defaults" in raw and raw["defaults"] is not None:
+            if self.typed(raw["defaults"], ("defaults",), dict, "a mapping of job keys"):
+                defaults = raw["defaults"]
+                self.unknown_keys(defaults, JOB_KEYS, ("defaults",), "job")
+                for key in ("schedule", "at", "command", "python"):
+                    if key in defaults:
+                        self.err(("defaults", key), "cannot be a default: every job says its own")
+        jobs: dict[str, JobSpec] = {}
+        raw_jobs = raw.get("jobs")
+        if "jobs" not in raw:
+            self.err((), "missing `jobs:` mapping")
+        elif raw_jobs is not None and self.typed(raw_jobs, ("jobs",), dict, "a mapping of job names to jobs"):
+            for name, body in raw_jobs.items():
+                spec = self.job(str(name), body, defaults, tz)
+                if spec is not None:
+                    jobs[spec.name] = spec
+        return JobSet(
+            jobs=jobs, timezone=tz, state_dir=state_dir, max_concurrent=max_conc,
+            history_retention=retention, shutdown_grace=grace if grace is not None else 30.0,
+        )
+
+    def job(self, name: str, body: Any, defaults: Mapping[str, Any], default_tz: str) -> JobSpec | None:
+        path: tuple[Any, ...] = ("jobs", name)
+        if not _JOB_NAME.match(name):
+            self.err(path, "a job name is letters, digits, `_`, `-` and `.`, starting with a letter or digit")
+        if not isinstance(body, dict):
+            self.err(path, f"a job is a mapping of keys such as schedule and command, got {_describe(body)}")
+            return None
+        self.unknown_keys(body, JOB_KEYS, path, "job")
+        merged = {k: v for k, v in defaults.items() if k in JOB_KEYS}
+        merged.update(body)
+
+        def where(key: str) -> tuple[Any, ...]:
+            return path + (key,) if key in body else ("defaults", key)
+
+        ok = True
+        tz = default_tz
+        if "timezone" in merged:
+            tz = self.timezone(merged["timezone"], where("timezone")) or default_tz
+        command: str | tuple[str, ...] | None = None
+        python: str | None = None
+        has_cmd, has_py = "command" in body, "python" in body
+        if has_cmd == has_py:
+            ok = False
+            self.err(path, "a job needs exactly one of `command` or `python`" + (", not both" if has_cmd else ""))
+        if has_cmd:
+            c = body["command"]
+            if isinstance(c, str) and c.strip():
+                command = c
+            elif isinstance(c, list) and c and all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in c):
+                command = tuple(str(a) for a in c)
+            else:
+                ok = False
+                self.err(path + ("command",), "expected a shell command string or a non-empty list of arguments")
+        if has_py:
+            p = body["python"]
+            if isinstance(p, str) and _ENTRY_POINT.match(p.strip()):
+                python = p.strip()
+            else:
+                ok = False
+                self.err(path + ("python",), f"expected an entry point `package.module:function`, got {_describe(p)}")
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+        if "args" in merged:
+            if self.typed(merged["args"], where("args"), list, "a list"):
+                args = tuple(merged["args"])
+        if "kwargs" in merged:
+            if self.typed(merged["kwargs"], where("kwargs"), dict, "a mapping"):
+                kwargs = dict(merged["kwargs"])
+        if (args or kwargs) and command is not None:
+            self.err(where("args" if args else "kwargs"), "`args` and `kwargs` go with `python`, not `command`")
+            ok = False
+
+        schedule = None
+        if "schedule" in body and "at" in body:
+            ok = False
+            self.err(path, "a job takes `schedule` or `at`, not both")
+        elif "schedule" in body:
+            s = body["schedule"]
+            if isinstance(s, (str, int)) and not isinstance(s, bool) and str(s).strip():
+                try:
+                    schedule = parse_schedule(str(s))
+                    # A syntactically valid expression that matches no date (`0 0 30 2 *`).
+                    if next_fire(JobSpec(name=name, schedule=schedule, timezone=tz), _reference(self.now)) is None:
+                        ok = False
+                        self.err(path + ("schedule",), f"{str(s)!r} never fires (no date matches it)")
+                except ValueError as exc:
+                    ok = False
+                    self.err(path + ("schedule",), str(exc))
+            else:
+                ok = False
+                self.err(path + ("schedule",), f"expected a cron expression or an interval, got {_describe(s)}")
+        elif "at" in body:
+            schedule = self.at(body["at"], path + ("at",), tz, bool(merged.get("catch_up", False)))
+            ok = ok and schedule is not None
+
+        timeout = None
+        if merged.get("timeout") is not None:
+            timeout = self.duration(merged["timeout"], where("timeout"), positive=True)
+        kill_grace = self.duration(merged.get("kill_grace", 10), where("kill_grace"))
+        retries = self.integer(merged.get("retries", 0), where("retries"), minimum=0)
+        backoff = self.backoff(merged.get("backoff"), where("backoff"))
+        env: dict[str, str] = {}
+        if merged.get("env") is not None and self.typed(merged["env"], where("env"), dict, "a mapping of names to values"):
+            for k, v in merged["env"].items():
+                if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+                    self.err(where("env") + (k,), "not a valid environment variable name")
+                elif isinstance(v, (dict, list)) or v is None:
+                    self.err(where("env") + (k,), f"expected a string, got {_describe(v)}")
+                else:
+                    env[k] = str(v).lower() if isinstance(v, bool) else str(v)
+        cwd = None
+        if merged.get("cwd") is not None and self.typed(merged["cwd"], where("cwd"), str, "a path"):
+            cwd = (self.base_dir / os.path.expanduser(merged["cwd"])).resolve()
+        overlap = Overlap.SKIP
+        if "overlap" in merged:
+            try:
+                overlap = Overlap(merged["overlap"])
+            except ValueError:
+                self.err(where("overlap"), f"expected one of skip, queue, allow, got {_describe(merged['overlap'])}")
+        bools = {}
+        for key in ("enabled", "run_on_start", "catch_up"):
+            if key in merged:
+                if self.typed(merged[key], where(key), bool, "true or false"):
+                    bools[key] = merged[key]
+        priority = self.integer(merged.get("priority", 0), where("priority")) if "priority" in merged else 0
+        jitter = self.duration(merged.get("jitter", 0), where("jitter")) if "jitter" in merged else 0.0
+        description = ""
+        if "description" in merged and self.typed(merged["description"], where("description"), str, "text"):
+            description = merged["description"]
+        if not ok or None in (kill_grace, retries, backoff, priority, jitter):
+            return None
+        assert kill_grace is not None and retries is not None and backoff is not None
+        return JobSpec(
+            name=name, schedule=schedule, command=command, python=python, args=args, kwargs=kwargs,
+            description=description, enabled=bools.get("enabled", True), timezone=tz, timeout=timeout,
+            kill_grace=kill_grace, retries=retries, backoff=backoff, env=env, cwd=cwd,
+            run_on_start=bools.get("run_on_start", False), overlap=overlap, priority=priority or 0,
+            jitter=jitter or 0.0, catch_up=bools.get("catch_up", False), line=self.doc.line(*path),
+        )
+
+    def backoff(self, raw: Any, path: tuple[Any, ...]) -> Backoff | None:
+        if raw is None:
+            return Backoff()
+        if not self.typed(raw, path, dict, "a mapping with initial, factor, max"):
+            return None
+        self.unknown_keys(raw, BACKOFF_KEYS, path, "backoff")
+        base = Backoff()
+        initial = self.duration(raw.get("initial", base.initial), path + ("initial",))
+        maximum = self.duration(raw.get("max", base.max), path + ("max",))
+        factor = raw.get("factor", base.factor)
+        jitter = raw.get("jitter", base.jitter)
+        good = initial is not None and maximum is not None
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor < 1:
+            self.err(path + ("factor",), f"expected a number >= 1, got {_describe(factor)}")
+            good = False
+        if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter <= 1:
+            self.err(path + ("jitter",), f"expected a fraction between 0 and 1, got {_describe(jitter)}")
+            good = False
+        if not good:
+            return None
+        assert initial is not None and maximum is not None
+        return Backoff(initial=initial, factor=float(factor), max=maximum, jitter=float(jitter))
+
+    def at(self, raw: Any, path: tuple[Any, ...], tz: str, catch_up: bool) -> At | None:
+        if isinstance(raw, datetime):
+            when = raw
+        elif isinstance(raw, str):
+            try:
+                when = datetime.fromisoformat(raw.strip())
+            except ValueError:
+                self.err(path, f"expected an ISO 8601 time such as 2026-12-31T23:59:00, got {raw!r}")
+                return None
+        elif isinstance(raw, date):
+            when = datetime(raw.year, raw.month, raw.day)
+        else:
+            self.err(path, f"expected an ISO 8601 time, got {_describe(raw)}")
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=zone(tz))
+        if self.now is not None and when <= self.now and not catch_up:
+            self.err(path, f"{when.isoformat()} is in the past (set `catch_up: true` to run it once anyway)")
+            return None
+        return At(when=when, text=str(raw))
+
+
+def _reference(now: datetime | None) -> datetime:
+    return now if now is not None else datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"{value!r} (a boolean)".lower()
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, (int, float)):
+        return f"{value!r} (a number)"
+    return repr(value)
+
+
+def parse_jobs(text: str, source: str = "<string>", *, base_dir: Path | None = None, now: datetime | None = None) -> JobSet:
+    """Parse and validate a jobs file's text; raise ConfigError listing every problem.
+
+    `now` lets `at` times in the past be rejected; None skips that check (e.g. `cronpy next`).
+    """
+    raw, doc = _compose(text, source)
+    base = base_dir if base_dir is not None else Path.cwd()
+    jobset = _Checker(doc, base, now).top(raw)
+    if doc.problems or jobset is None:
+        raise ConfigError(source, doc.problems)
+    src = Path(source) if source != "<string>" else None
+    return JobSet(
+        jobs=jobset.jobs, source=src, timezone=jobset.timezone, state_dir=jobset.state_dir,
+        max_concurrent=jobset.max_concurrent, history_retention=jobset.history_retention,
+        shutdown_grace=jobset.shutdown_grace,
+    )
+
+
+def load_jobs(path: str | os.PathLike[str], *, now: datetime | None = None) -> JobSet:
+    """Read and validate the jobs file at `path`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), [Problem(None, "", "no such file")]) from None
+    except IsADirectoryError:
+        raise ConfigError(str(p), [Problem(None, "", "is a directory, not a jobs file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), [Problem(None, "", f"cannot read: {exc}")]) from None
+    return parse_jobs(text, str(p), base_dir=p.resolve().parent, now=now)
+
+
+def job_names(path: str | os.PathLike[str]) -> list[str]:
+    """Return the job names in a jobs file without validating it (for shell completion)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return []
+    jobs = raw.get("jobs") if isinstance(raw, dict) else None
+    return [str(n) for n in jobs] if isinstance(jobs, dict) else []
+
+
+def find_jobs_file(option: str | None, env: Mapping[str, str] = os.environ) -> Path:
+    """Return the jobs file: `-f/--file`, then $CRONPY_FILE, then ./jobs.yaml."""
+    return Path(option or env.get("CRONPY_FILE") or "jobs.yaml")
+
+
+def resolve_state_dir(
+    option: str | None, file_state_dir: Path | None, env: Mapping[str, str] = os.environ
+) -> Path:
+    """Return the state dir: --state-dir, $CRONPY_STATE_DIR, the file's `state_dir`,
+    $STATE_DIRECTORY (systemd's StateDirectory=), $XDG_STATE_HOME/cronpy, ~/.local/state/cronpy."""
+    if option:
+        return Path(option).expanduser()
+    if env.get("CRONPY_STATE_DIR"):
+        return Path(env["CRONPY_STATE_DIR"]).expanduser()
+    if file_state_dir is not None:
+        return file_state_dir
+    if env.get("STATE_DIRECTORY"):
+        # systemd passes a colon-separated list when the unit names several directories.
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    xdg = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(xdg) / "cronpy"
+
+
+def get_job(jobs: JobSet, name: str) -> JobSpec:
+    """Return job `name` or raise a usage error listing close names."""
+    try:
+        return jobs.jobs[name]
+    except KeyError:
+        hint = _did_you_mean(name, set(jobs.jobs))
+        raise UsageError(f"no job named {name!r} in {jobs.source or 'the jobs file'}{hint}") from None
+
