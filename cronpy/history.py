@@ -1,0 +1,361 @@
+"""The run history: the only module that speaks SQL.
+
+One row per attempt, written when the attempt starts and completed when it ends, so a crash
+leaves a `running` row as evidence. Times are stored as UTC epoch seconds (REAL): compact,
+indexable and free of any zone. Each scheduled (job, instant) can be claimed once: a partial
+unique index refuses a second claim, whichever process or host makes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from cronpy.errors import HistoryError, RunNotFound
+from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
+
+UTC = timezone.utc
+HOST = socket.gethostname()
+
+# Triggers whose instants are claimed: a scheduled instant runs once, whoever fires it.
+CLAIMED_TRIGGERS = (Trigger.SCHEDULE, Trigger.CATCHUP, Trigger.START)
+
+MIGRATIONS: list[str] = [
+    # 1: the runs table and the indexes its queries use.
+    f"""
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        status TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        scheduled_for REAL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        duration REAL,
+        exit_code INTEGER,
+        error TEXT,
+        output TEXT,
+        result TEXT,
+        pid INTEGER,
+        host TEXT,
+        runner_pid INTEGER,
+        parent_id INTEGER
+    );
+    CREATE UNIQUE INDEX runs_claim ON runs (job, scheduled_for)
+        WHERE attempt = 1 AND trigger IN ({", ".join(repr(t.value) for t in CLAIMED_TRIGGERS)});
+    CREATE INDEX runs_job_status ON runs (job, status, id);
+    CREATE INDEX runs_status ON runs (status, id);
+    CREATE INDEX runs_started ON runs (started_at);
+    """,
+]
+
+COLUMNS = (
+    "id, job, status, trigger, attempt, scheduled_for, started_at, finished_at, duration, "
+    "exit_code, error, output, result, pid, host"
+)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run row about to be written (see History.start_runs)."""
+
+    job: str
+    trigger: Trigger
+    started_at: datetime
+    scheduled_for: datetime | None = None
+    attempt: int = 1
+    parent_id: int | None = None
+    status: RunStatus = RunStatus.RUNNING
+    error: str | None = None
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return dt.timestamp() if dt is not None else None
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
+
+
+def _row(r: Sequence[Any]) -> RunRecord:
+    result = r[12]
+    if result is not None:
+        try:
+            result = json.loads(result)
+        except ValueError:
+            pass
+    return RunRecord(
+        id=r[0], job=r[1], status=RunStatus(r[2]), trigger=Trigger(r[3]), attempt=r[4],
+        scheduled_for=_dt(r[5]), started_at=_dt(r[6]), finished_at=_dt(r[7]), duration=r[8],
+        exit_code=r[9], error=r[10], output=r[11], result=result, pid=r[13], host=r[14],
+    )
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile: the smallest value with at least q of the values at or below it."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-int(q * 100) * len(sorted_values) // 100))  # ceil(q * n) without floats
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+class History:
+    """A connection to STATE_DIR/history.db, safe to share between the runner's threads."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                if not path.exists():
+                    raise HistoryError(str(path), "no history yet (nothing has run with this state dir)")
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                                           isolation_level=None, timeout=10.0)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            if not readonly:
+                # WAL: readers never block the runner. synchronous=FULL: a claimed instant is on
+                # disk before its job starts, so a power cut cannot make it run twice.
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._migrate()
+        except sqlite3.Error as exc:
+            raise HistoryError(str(path), str(exc)) from None
+
+    @classmethod
+    def open(cls, state_dir: Path, *, readonly: bool = False) -> "History":
+        """Open (creating and migrating unless `readonly`) the history of a state dir."""
+        return cls(state_dir / "history.db", readonly=readonly)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "History":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise HistoryError(str(self.path), f"schema version {version} is newer than this cronpy knows")
+            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {i}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
+        # instead of one failing with "database is locked" when it upgrades a read lock.
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise HistoryError(str(self.path), str(exc)) from None
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise HistoryError(str(self.path), str(exc)) from None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        job: str,
+        trigger: Trigger,
+        started_at: datetime,
+        *,
+        scheduled_for: datetime | None = None,
+        attempt: int = 1,
+        parent_id: int | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        error: str | None = None,
+    ) -> int | None:
+        """Insert a run row and return its id; None if (job, scheduled_for) was already claimed."""
+        return self.start_runs([NewRun(job, trigger, started_at, scheduled_for, attempt, parent_id, status, error)])[0]
+
+    def start_runs(self, runs: Sequence["NewRun"]) -> list[int | None]:
+        """Insert several run rows in one transaction (one fsync for a burst of due jobs).
+
+        Returns each row's id, or None where the (job, scheduled instant) was claimed already.
+        """
+        ids: list[int | None] = []
+        with self._tx() as db:
+            for r in runs:
+                finished = _ts(r.started_at) if r.status.finished else None
+                try:
+                    cur = db.execute(
+                        "INSERT INTO runs (job, status, trigger, attempt, scheduled_for, started_at, finished_at,"
+                        " duration, error, host, runner_pid, parent_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (r.job, r.status.value, r.trigger.value, r.attempt, _ts(r.scheduled_for), _ts(r.started_at),
+                         finished, 0.0 if finished is not None else None, r.error, HOST, os.getpid(), r.parent_id),
+                    )
+                except sqlite3.IntegrityError:
+                    # Only the partial unique index can refuse a row: the instant is claimed.
+                    ids.append(None)
+                    continue
+                ids.append(cur.lastrowid)
+        return ids
+
+    def set_pid(self, run_id: int, pid: int) -> None:
+        """Record the process id of a started attempt (to find orphans after a crash)."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET pid = ? WHERE id = ?", (pid, run_id))
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: RunStatus,
+        finished_at: datetime,
+        *,
+        duration: float | None,
+        exit_code: int | None = None,
+        error: str | None = None,
+        output: str | None = None,
+        result: Any = None,
+    ) -> None:
+        """Complete a run row with its outcome."""
+        result_json = None
+        if result is not None:
+            try:
+                result_json = json.dumps(result)
+            except (TypeError, ValueError):
+                result_json = json.dumps(repr(result))
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, duration = ?, exit_code = ?, error = ?,"
+                " output = ?, result = ? WHERE id = ?",
+                (status.value, _ts(finished_at), duration, exit_code, error, output, result_json, run_id),
+            )
+
+    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:
+        """Mark `running` rows of this host whose runner process is gone as `interrupted`."""
+        rows = self._read(
+            f"SELECT {COLUMNS}, runner_pid FROM runs WHERE status = 'running' AND host = ?", (HOST,)
+        )
+        dead = [r for r in rows if r[15] is None or not is_alive(r[15])]
+        if dead:
+            with self._tx() as db:
+                for r in dead:
+                    db.execute(
+                        "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
+                        (_ts(now), f"the runner (pid {r[15]}) died during the run", r[0]),
+                    )
+        return [_row(r[:15]) for r in dead]
+
+    def prune(self, before: datetime) -> int:
+        """Delete finished runs that started before `before`; return how many."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM runs WHERE started_at < ? AND status != 'running'", (_ts(before),))
+            return cur.rowcount
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, run_id: int) -> RunRecord:
+        rows = self._read(f"SELECT {COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise RunNotFound(run_id)
+        return _row(rows[0])
+
+    def query(
+        self,
+        job: str | None = None,
+        *,
+        status: RunStatus | None = None,
+        since: datetime | None = None,
+        limit: int | None = 50,
+        with_output: bool = False,
+    ) -> list[RunRecord]:
+        """Return runs newest first, filtered by job, status and start time."""
+        where, params = self._filters(job, status, since)
+        cols = COLUMNS if with_output else COLUMNS.replace("output", "NULL")
+        sql = f"SELECT {cols} FROM runs{where} ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_row(r) for r in self._read(sql, params)]
+
+    @staticmethod
+    def _filters(job: str | None, status: RunStatus | None, since: datetime | None) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        if job is not None:
+            clauses.append("job = ?")
+            params.append(job)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        if since is not None:
+            clauses.append("started_at >= ?")
+            params.append(since.timestamp())
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    def last_runs(self) -> dict[str, RunRecord]:
+        """Return the latest run of each job."""
+        rows = self._read(
+            f"SELECT {COLUMNS.replace('output', 'NULL')} FROM runs WHERE id IN (SELECT max(id) FROM runs GROUP BY job)"
+        )
+        return {r[1]: _row(r) for r in rows}
+
+    def last_scheduled(self, job: str) -> datetime | None:
+        """Return the latest claimed instant of a job (the cadence of an interval job)."""
+        rows = self._read(
+            "SELECT max(scheduled_for) FROM runs WHERE job = ? AND attempt = 1 AND trigger IN ('schedule', 'catchup')",
+            (job,),
+        )
+        return _dt(rows[0][0]) if rows else None
+
+    def running(self) -> list[RunRecord]:
+        return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM runs WHERE status = 'running' ORDER BY id")]
+
+    def stats(self, job: str | None = None, *, since: datetime | None = None) -> list[JobStats]:
+        """Return per-job aggregates over the runs that started since `since`."""
+        where, params = self._filters(job, None, since)
+        rows = self._read(
+            "SELECT job, count(*), sum(status = 'success'), sum(status = 'failed'), sum(status = 'timeout'),"
+            f" max(id) FROM runs{where} GROUP BY job ORDER BY job",
+            params,
+        )
+        out = []
+        for name, runs, ok, failed, timeouts, last_id in rows:
+            w, p = self._filters(name, None, since)
+            durations = [d for (d,) in self._read(
+                f"SELECT duration FROM runs{w} AND status IN ('success', 'failed', 'timeout')"
+                " AND duration IS NOT NULL ORDER BY duration", p)]
+            last = self.get(last_id)
+            out.append(JobStats(
+                job=name, runs=runs, successes=ok or 0, failures=failed or 0, timeouts=timeouts or 0,
+                mean=sum(durations) / len(durations) if durations else None,
+                p50=_percentile(durations, 0.50), p95=_percentile(durations, 0.95),
+                max=durations[-1] if durations else None,
+                last_started=last.started_at, last_status=last.status,
+            ))
+        return out
+
+    def integrity_check(self) -> str:
+        return str(self._read("PRAGMA integrity_check")[0][0])
+

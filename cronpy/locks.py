@@ -1,0 +1,119 @@
+"""File locks in the state dir: one per job while it runs, and the scheduler (leader) lock.
+
+Locks are flock(2)-based (filelock's UnixFileLock): the kernel releases them when the holder
+dies, even by SIGKILL, so a lock is never left stale. Next to each lock file a small JSON file
+names the holder (pid, host, since) for error messages and `cronpy status`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from cronpy.errors import LockHeld
+
+HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock."""
+
+    pid: int
+    host: str
+    since: datetime
+    run_id: int | None = None
+
+    def describe(self) -> str:
+        run = f", run {self.run_id}" if self.run_id is not None else ""
+        return f"pid {self.pid} on {self.host} since {self.since.isoformat(timespec='seconds')}{run}"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+class Lock:
+    """One non-blocking, inter-process lock with holder information."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.info_path = path.with_suffix(".holder")
+        self.what = what
+        # thread_local=False: the runner takes a job lock in one thread and may release it in
+        # another; is_singleton=False so two Lock objects on one path conflict like processes.
+        self._lock = FileLock(str(path), thread_local=False)
+        self._held = threading.Event()
+
+    def acquire(self, *, wait: float = 0.0, run_id: int | None = None, now: datetime | None = None) -> None:
+        """Take the lock or raise LockHeld naming the holder; `wait` seconds at most."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=wait, poll_interval=0.05)
+        except Timeout:
+            holder = self.holder()
+            raise LockHeld(self.what, holder.describe() if holder else None) from None
+        self._held.set()
+        self.set_holder(run_id=run_id, now=now)
+
+    def set_holder(self, *, run_id: int | None = None, now: datetime | None = None) -> None:
+        when = now or datetime.now(timezone.utc)
+        data = {"pid": os.getpid(), "host": HOST, "since": when.isoformat(), "run_id": run_id}
+        tmp = self.info_path.with_suffix(f".holder.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.info_path)
+
+    def release(self) -> None:
+        if self._held.is_set():
+            self._held.clear()
+            try:
+                self.info_path.unlink()
+            except FileNotFoundError:
+                pass
+            self._lock.release(force=True)
+
+    @property
+    def held(self) -> bool:
+        return self._held.is_set()
+
+    def is_locked_elsewhere(self) -> bool:
+        """True if another process (or Lock object) holds it; never blocks."""
+        if self.held:
+            return False
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        self._lock.release(force=True)
+        return False
+
+    def holder(self) -> Holder | None:
+        """Return who holds the lock, from its holder file (None if unknown)."""
+        try:
+            data: dict[str, Any] = json.loads(self.info_path.read_text())
+            return Holder(pid=int(data["pid"]), host=str(data["host"]),
+                          since=datetime.fromisoformat(data["since"]), run_id=data.get("run_id"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+class Locks:
+    """The locks of one state dir."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "locks"
+
+    def job(self, name: str) -> Lock:
+        return Lock(self.dir / f"job-{_safe(name)}.lock", f"job {name!r}")
+
+    def scheduler(self) -> Lock:
+        return Lock(self.dir / "scheduler.lock", "the scheduler")
