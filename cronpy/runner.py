@@ -1,0 +1,349 @@
+"""The scheduling loop.
+
+`Runner.tick(now)` does one pass: it takes every due entry off a heap of next instants,
+decides for each (overlap, concurrency, priority, job lock), claims the whole batch in one
+history transaction, and starts the claimed runs in worker threads. `run_forever()` sleeps
+until the earliest instant on the heap (or until woken by a signal or a finished run) and
+ticks again. Only the job that fired has its next instant computed, so a tick costs the same
+with 10 jobs or 10,000.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+from cronpy.clock import Clock
+from cronpy.errors import CronpyError, LockHeld
+from cronpy.executor import Attempt, AttemptResult, RunContext
+from cronpy.history import History, NewRun
+from cronpy.locks import Lock, Locks
+from cronpy.models import At, Every, JobSet, JobSpec, Overlap, RunStatus, Trigger
+from cronpy.schedule import next_fire
+
+log = logging.getLogger("cronpy")
+
+# An instant found late by less than this (a busy machine, a slow tick) still fires; one
+# further in the past was missed (downtime, suspend, a clock step) and is left to catch_up.
+MISFIRE_GRACE = timedelta(seconds=10)
+
+OutputSink = Callable[[str, str], None]  # (job name, line)
+
+
+@dataclass(order=True)
+class Due:
+    """An entry of the heap: a run of `job` to start at `when`."""
+
+    when: datetime
+    seq: int
+    job: str = field(compare=False)
+    trigger: Trigger = field(compare=False)
+    scheduled_for: datetime = field(compare=False)
+    attempt: int = field(default=1, compare=False)
+    parent_id: int | None = field(default=None, compare=False)
+
+
+@dataclass
+class _Active:
+    due: Due
+    run_id: int
+    lock: Lock | None
+    attempt: Attempt | None = None
+    thread: threading.Thread | None = None
+
+
+class Runner:
+    """Fires the jobs of one JobSet; see the module docstring."""
+
+    def __init__(
+        self,
+        jobs: JobSet,
+        history: History,
+        locks: Locks,
+        clock: Clock,
+        *,
+        output: OutputSink | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.history = history
+        self.locks = locks
+        self.clock = clock
+        self.output = output
+        self.rng = rng or random.Random()
+        self._heap: list[Due] = []
+        self._pending: list[tuple[int, datetime, int, Due]] = []  # waiting for a free slot
+        self._queued: dict[str, Due] = {}  # overlap: queue, waiting for the job to finish
+        self._active: dict[int, _Active] = {}  # by run id
+        self._seq = itertools.count()
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self.wake = threading.Event()
+        self._stopping = False
+        self._cancel_all = False
+        self._anchors: dict[str, datetime] = {}
+
+    # -- the heap ----------------------------------------------------------------------------
+
+    def _push(self, when: datetime, job: str, trigger: Trigger, scheduled_for: datetime,
+              attempt: int = 1, parent_id: int | None = None) -> None:
+        with self._lock:
+            heapq.heappush(self._heap, Due(when, next(self._seq), job, trigger, scheduled_for, attempt, parent_id))
+        self.wake.set()
+
+    def _schedule_next(self, spec: JobSpec, after: datetime) -> None:
+        """Push the job's next instant strictly after `after`, keeping an interval's cadence."""
+        anchor = self._anchors.get(spec.name)
+        nxt = next_fire(spec, after, anchor)
+        if nxt is None:
+            return
+        if isinstance(spec.schedule, Every):
+            self._anchors[spec.name] = nxt
+        delay = self.rng.uniform(0, spec.jitter) if spec.jitter else 0.0
+        self._push(nxt + timedelta(seconds=delay), spec.name, Trigger.SCHEDULE, nxt)
+
+    def start(self, now: datetime) -> None:
+        """Load the schedule: the first instant of every enabled job, and run_on_start runs."""
+        for spec in self.jobs.jobs.values():
+            if not spec.enabled:
+                continue
+            if isinstance(spec.schedule, Every):
+                # Continue the cadence of the last recorded run rather than restarting it.
+                last = self.history.last_scheduled(spec.name)
+                if last is not None:
+                    self._anchors[spec.name] = last
+            if isinstance(spec.schedule, At) and spec.catch_up and spec.schedule.when <= now:
+                # A one-shot missed while down fires once; the claim makes "once" hold across restarts.
+                self._push(now, spec.name, Trigger.CATCHUP, spec.schedule.when.astimezone(now.tzinfo))
+            else:
+                self._schedule_next(spec, now)
+            if spec.run_on_start:
+                self._push(now, spec.name, Trigger.START, now)
+
+    def next_wakeup(self) -> datetime | None:
+        """Return when the next tick is due (None: nothing scheduled)."""
+        with self._lock:
+            return self._heap[0].when if self._heap else None
+
+    def next_due(self) -> Due | None:
+        with self._lock:
+            return min(self._heap) if self._heap else None
+
+    def trigger(self, name: str, now: datetime) -> None:
+        """Fire job `name` now through the loop, as `cronpy trigger` would."""
+        self._push(now, name, Trigger.MANUAL, now)
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    def tick(self, now: datetime) -> list[int]:
+        """Start what is due at `now`; return the ids of the runs started."""
+        with self._lock:
+            due: list[Due] = []
+            while self._heap and self._heap[0].when <= now:
+                due.append(heapq.heappop(self._heap))
+            for d in due:
+                spec = self.jobs.jobs.get(d.job)
+                if spec is not None and d.trigger is Trigger.SCHEDULE:
+                    # Next instant first, so a slow start never delays the cadence. Instants
+                    # missed by more than the grace (downtime, suspend) are not replayed.
+                    self._schedule_next(spec, max(d.scheduled_for, now - MISFIRE_GRACE))
+            if self._stopping:
+                return []
+            candidates = [d for d in due if d.job in self.jobs.jobs]
+            # Runs that were waiting on a finished job or a free slot compete again.
+            for job in list(self._queued):
+                if not self._running(job):
+                    candidates.append(self._queued.pop(job))
+            candidates += [p[3] for p in self._pending]
+            self._pending.clear()
+            return self._dispatch(candidates, now)
+
+    def _running(self, job: str) -> bool:
+        return any(a.due.job == job for a in self._active.values())
+
+    def _dispatch(self, candidates: list[Due], now: datetime) -> list[int]:
+        jobs = self.jobs.jobs
+        candidates.sort(key=lambda d: (-jobs[d.job].priority, d.when, d.seq))
+        to_start: list[tuple[Due, Lock | None]] = []
+        skipped: list[tuple[Due, str]] = []
+        slots = self.jobs.max_concurrent - len(self._active)
+        starting: set[str] = set()
+        for d in candidates:
+            spec = jobs[d.job]
+            busy = self._running(d.job) or d.job in starting
+            if busy and spec.overlap is Overlap.SKIP:
+                skipped.append((d, "the previous run was still going (overlap: skip)"))
+                continue
+            if busy and spec.overlap is Overlap.QUEUE:
+                if d.job in self._queued:
+                    skipped.append((d, "a run was already queued (overlap: queue)"))
+                else:
+                    self._queued[d.job] = d
+                continue
+            if slots <= 0:
+                heapq.heappush(self._pending, (-spec.priority, d.when, d.seq, d))
+                continue
+            lock = None
+            if spec.overlap is not Overlap.ALLOW:
+                lock = self.locks.job(d.job)
+                try:
+                    lock.acquire(now=now)
+                except LockHeld as exc:
+                    if spec.overlap is Overlap.QUEUE and d.job not in self._queued:
+                        self._queued[d.job] = d  # retried on the next tick that finds it free
+                        continue
+                    skipped.append((d, f"{exc}"))
+                    continue
+            to_start.append((d, lock))
+            starting.add(d.job)
+            slots -= 1
+        rows = [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id) for d, _ in to_start]
+        rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
+                        RunStatus.SKIPPED, reason) for d, reason in skipped]
+        try:
+            ids = self.history.start_runs(rows) if rows else []
+        except CronpyError as exc:
+            # The history is where exactly-once lives: without a claim, nothing may start.
+            log.error("cannot record runs, not starting %d due run(s): %s", len(to_start), exc)
+            for _, lock in to_start:
+                if lock:
+                    lock.release()
+            return []
+        started = []
+        for (d, lock), run_id in zip(to_start, ids[: len(to_start)]):
+            if run_id is None:
+                log.info("%s: instant %s already claimed by another runner; not running it",
+                         d.job, d.scheduled_for.isoformat())
+                if lock:
+                    lock.release()
+                continue
+            if lock:
+                lock.set_holder(run_id=run_id, now=now)
+            self._start(d, run_id, lock, now)
+            started.append(run_id)
+        for (d, reason), run_id in zip(skipped, ids[len(to_start):]):
+            if run_id is not None:
+                log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
+        return started
+
+    def _start(self, d: Due, run_id: int, lock: Lock | None, now: datetime) -> None:
+        spec = self.jobs.jobs[d.job]
+        active = _Active(d, run_id, lock)
+        self._active[run_id] = active
+        log.info("%s: started run %d (%s, attempt %d)", d.job, run_id, d.trigger.value, d.attempt)
+        thread = threading.Thread(target=self._run, args=(spec, active), name=f"run-{run_id}", daemon=True)
+        active.thread = thread
+        thread.start()
+
+    def _run(self, spec: JobSpec, active: _Active) -> None:
+        d = active.due
+        sink = None
+        if self.output is not None:
+            out = self.output
+            sink = lambda line: out(spec.name, line)  # noqa: E731
+        ctx = RunContext(spec.name, active.run_id, d.scheduled_for, d.attempt, d.trigger.value)
+        result: AttemptResult | None = None
+        try:
+            attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir)
+            with self._lock:
+                active.attempt = attempt
+                if self._stopping and self._cancel_all:
+                    attempt.cancel()
+            if attempt.pid is not None:
+                self._record(lambda: self.history.set_pid(active.run_id, attempt.pid or 0))
+            result = attempt.wait()
+        finally:
+            finished = self.clock.now()
+            if result is None:
+                result = AttemptResult(RunStatus.FAILED, None, 0.0, "", error="cronpy failed to run the job")
+            self._record(lambda: self.history.finish_run(
+                active.run_id, result.status, finished, duration=result.duration, exit_code=result.exit_code,
+                error=result.error, output=result.output, result=result.result))
+            if active.lock:
+                active.lock.release()
+            level = logging.INFO if result.status is RunStatus.SUCCESS else logging.WARNING
+            log.log(level, "%s: run %d %s in %.3fs (exit %s)%s", spec.name, active.run_id, result.status.value,
+                    result.duration, result.exit_code, f": {result.error.splitlines()[-1]}" if result.error else "")
+            with self._lock:
+                del self._active[active.run_id]
+                retry = (result.status in (RunStatus.FAILED, RunStatus.TIMEOUT)
+                         and d.attempt <= spec.retries and not self._stopping)
+                if retry:
+                    delay = spec.backoff.delay(d.attempt, self.rng.random())
+                    log.info("%s: retry %d of %d in %.1fs", spec.name, d.attempt, spec.retries, delay)
+                    self._push(finished + timedelta(seconds=delay), spec.name, Trigger.RETRY,
+                               d.scheduled_for, d.attempt + 1, active.run_id)
+                self._idle.notify_all()
+            self.wake.set()
+
+    def _record(self, write: Callable[[], None]) -> None:
+        """Write to history, retrying a failed write (disk full, locked) a few times, loudly."""
+        for attempt in range(5):
+            try:
+                write()
+                return
+            except CronpyError as exc:
+                log.error("history write failed (try %d of 5): %s", attempt + 1, exc)
+                threading.Event().wait(0.2 * 2**attempt)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def request_stop(self, *, now: bool = False) -> None:
+        """Stop firing new runs; with `now`, also stop the running ones at once."""
+        with self._lock:
+            self._stopping = True
+            if now:
+                self._cancel_all = True
+                for a in self._active.values():
+                    if a.attempt:
+                        a.attempt.cancel()
+        self.wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def run_forever(self) -> None:
+        """Tick, sleep until the next instant, repeat until request_stop(); then shut down."""
+        while not self._stopping:
+            self.wake.clear()
+            self.tick(self.clock.now())
+            if self._stopping:
+                break
+            self.clock.sleep_until(self.next_wakeup(), self.wake)
+        self.shutdown(self.jobs.shutdown_grace)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no run is active (tests, shutdown); False if `timeout` passed first."""
+        end = time.monotonic() + timeout
+        with self._idle:
+            while self._active:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(min(remaining, 0.1))
+        return True
+
+    @property
+    def active_count(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def shutdown(self, grace: float) -> None:
+        """Wait up to `grace` seconds for running jobs, then stop them; every outcome is recorded."""
+        with self._lock:
+            self._stopping = True
+            running = len(self._active)
+        if running:
+            log.info("stopping: waiting up to %.0fs for %d running job(s)", grace, running)
+        if not self.wait_idle(grace):
+            log.warning("stopping: grace period over, terminating running jobs")
+            self.request_stop(now=True)
+            self.wait_idle(max((s.kill_grace for s in self.jobs.jobs.values()), default=10.0) + 5.0)
