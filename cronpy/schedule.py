@@ -101,7 +101,7 @@ class CronFields:
         # Vixie cron: when either day field starts with `*` (even `*/2`), both must match;
         # when both are restricted, either may match.
         if self.dom_star or self.dow_star:
-            return (self.dom_star or dom_ok) and (self.dow_star or dow_ok)
+            return dom_ok and dow_ok
         return dom_ok or dow_ok
 
 
@@ -158,7 +158,8 @@ def _croniter_reason(exc: Exception) -> str:
 
 def compile_cron(expr: str, job_name: str) -> CronFields:
     """Expand `expr`; `H` fields are hashed from the job name so equal schedules spread out."""
-    return _compile(expr, job_name if "h" in expr.lower() else "")
+    # croniter needs some hash id to expand `H`; a schedule checked outside a job gets a fixed one.
+    return _compile(expr, (job_name or "cronpy") if "h" in expr.lower() else "")
 
 
 def _next_in(values: tuple[int, ...], current: int) -> int | None:
