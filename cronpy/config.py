@@ -115,9 +115,14 @@ def _compose(text: str, source: str) -> tuple[Any, _Doc]:
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        # Point at where the broken construct began (an unclosed `[` is only noticed at the
+        # end of the file), and say where the parser gave up.
+        mark = exc.context_mark or exc.problem_mark
         line = mark.line + 1 if mark else None
-        raise ConfigError(source, [Problem(line, "", f"YAML syntax error: {exc.problem or exc}")]) from None
+        message = f"YAML syntax error: {exc.problem or exc}"
+        if exc.context and exc.problem_mark is not None:
+            message += f" ({exc.context}; noticed on line {exc.problem_mark.line + 1})"
+        raise ConfigError(source, [Problem(line, "", message)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(source, [Problem(None, "", f"YAML error: {exc}")]) from None
     finally:
@@ -483,3 +488,14 @@ def get_job(jobs: JobSet, name: str) -> JobSpec:
         hint = _did_you_mean(name, set(jobs.jobs))
         raise UsageError(f"no job named {name!r} in {jobs.source or 'the jobs file'}{hint}") from None
 
+
+
+def file_state_dir(path: Path) -> Path | None:
+    """Return only the `state_dir` a jobs file names (resolved), without validating the rest."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if isinstance(raw, dict) and isinstance(raw.get("state_dir"), str):
+        return (path.resolve().parent / os.path.expanduser(raw["state_dir"])).resolve()
+    return None
