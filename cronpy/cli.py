@@ -1,0 +1,284 @@
+"""The `cronpy` command: parse options, call one core function, render, map errors to exit codes.
+
+Heavy modules (croniter, the runner, rich) are imported inside the commands that need them,
+so `--help`, completion and `history` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+
+import typer
+
+from cronpy.errors import EXIT_TIMEOUT, CronpyError, UsageError
+
+if TYPE_CHECKING:
+    from cronpy.models import JobSet
+
+app = typer.Typer(
+    name="cronpy",
+    help="A job runner driven by a declarative YAML jobs file. Every run is recorded in SQLite.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _complete_jobs(ctx: typer.Context, incomplete: str) -> list[str]:
+    from cronpy.config import find_jobs_file, job_names
+
+    path = ctx.params.get("file") or ctx.params.get("jobs_file")
+    return [n for n in job_names(find_jobs_file(path)) if n.startswith(incomplete)]
+
+
+FileOpt = Annotated[Optional[Path], typer.Option(
+    "--file", "-f", help="Jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False)]
+StateDirOpt = Annotated[Optional[Path], typer.Option(
+    "--state-dir", help="History and locks (default: $CRONPY_STATE_DIR, the file's state_dir, "
+    "$STATE_DIRECTORY, $XDG_STATE_HOME/cronpy).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+NameArg = Annotated[str, typer.Argument(help="Job name.", autocompletion=_complete_jobs, show_default=False)]
+SinceOpt = Annotated[Optional[str], typer.Option(
+    "--since", help="Only runs started since: a duration back from now (7d, 12h) or an ISO date/time.")]
+
+
+def _fail(exc: CronpyError) -> typer.Exit:
+    sys.stderr.write(f"Error: {exc}\n")
+    return typer.Exit(exc.exit_code)
+
+
+def _guard(fn: Callable[[], int | None]) -> None:
+    """Run a command body, turning CronpyError into `Error: …` and its exit status."""
+    try:
+        code = fn()
+    except CronpyError as exc:
+        raise _fail(exc) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def _load(file: Path | None) -> JobSet:
+    from cronpy.config import find_jobs_file, load_jobs
+
+    return load_jobs(find_jobs_file(str(file) if file else None), now=datetime.now(timezone.utc))
+
+
+def _state_dir_for_reading(file: Path | None, state_dir: Path | None) -> Path:
+    """The state dir, reading only `state_dir` from the jobs file (so a broken file still
+    lets you read the history, and `history` does not pay for a full validation)."""
+    from cronpy.config import file_state_dir, find_jobs_file, resolve_state_dir
+
+    if state_dir is None and not os.environ.get("CRONPY_STATE_DIR"):
+        path = find_jobs_file(str(file) if file else None)
+        return resolve_state_dir(None, file_state_dir(path))
+    return resolve_state_dir(str(state_dir) if state_dir else None, None)
+
+
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    from cronpy.durations import parse_duration
+
+    try:
+        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since: expected a duration (7d, 12h) or an ISO date/time, got {text!r}") from None
+    return dt if dt.tzinfo else dt.astimezone()
+
+
+@app.command()
+def run(
+    jobs_file: Annotated[Path, typer.Argument(help="The jobs file.", show_default=False)],
+    state_dir: StateDirOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+) -> None:
+    """Run the jobs of JOBS_FILE on their schedules, in the foreground, until SIGINT/SIGTERM.
+
+    Example: cronpy run jobs.yaml
+    """
+    from cronpy import service
+
+    _guard(lambda: service.run(jobs_file, state_dir, verbose=verbose))
+
+
+@app.command()
+def trigger(
+    name: NameArg,
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    wait: Annotated[float, typer.Option(
+        "--wait", help="If the job is running elsewhere, wait up to this many seconds for it.")] = 0.0,
+) -> None:
+    """Run job NAME now in the foreground (with its retries, timeout and lock) and exit with its status.
+
+    Exit status: the job's own, 124 on timeout, 75 if it is running elsewhere, 2 for an unknown name.
+
+    Example: cronpy trigger backup -f jobs.yaml
+    """
+    from cronpy import service
+
+    _guard(lambda: service.trigger(_load(file), name, state_dir, wait=wait))
+
+
+@app.command()
+def history(
+    name: Annotated[Optional[str], typer.Argument(help="Only this job.", autocompletion=_complete_jobs)] = None,
+    status: Annotated[Optional[str], typer.Option(
+        "--status", "-s", help="Only runs with this status: running, success, failed, timeout, interrupted, skipped.")] = None,
+    since: SinceOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.", min=1)] = 50,
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show recorded runs, newest first.
+
+    Example: cronpy history backup --status failed --since 7d
+    """
+    def body() -> None:
+        from cronpy import render
+        from cronpy.history import History
+        from cronpy.models import RunStatus
+
+        st = None
+        if status is not None:
+            try:
+                st = RunStatus(status)
+            except ValueError:
+                raise UsageError(f"--status: expected one of {', '.join(s.value for s in RunStatus)}, got {status!r}") from None
+        with History.open(_state_dir_for_reading(file, state_dir), readonly=True) as h:
+            render.runs(h.query(name, status=st, since=_since(since), limit=limit), as_json=as_json)
+
+    _guard(body)
+
+
+@app.command()
+def show(
+    run_id: Annotated[int, typer.Argument(help="Run id, as `history` shows it.", show_default=False)],
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one run with its error and the tail of its output.
+
+    Example: cronpy show 42
+    """
+    def body() -> None:
+        from cronpy import render
+        from cronpy.history import History
+
+        with History.open(_state_dir_for_reading(file, state_dir), readonly=True) as h:
+            render.run_detail(h.get(run_id), as_json=as_json)
+
+    _guard(body)
+
+
+@app.command()
+def stats(
+    name: Annotated[Optional[str], typer.Argument(help="Only this job.", autocompletion=_complete_jobs)] = None,
+    since: SinceOpt = None,
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per job: runs, failures, success rate, durations (mean, p50, p95, max), last and next run, health.
+
+    Example: cronpy stats --since 30d
+    """
+    def body() -> None:
+        from cronpy import render, service
+        from cronpy.history import History
+
+        sd = _state_dir_for_reading(file, state_dir)
+        with History.open(sd, readonly=True) as h:
+            items = h.stats(name, since=_since(since))
+        render.stats(items, service.next_runs_if_readable(file), as_json=as_json)
+
+    _guard(body)
+
+
+@app.command("list")
+def list_jobs(
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the jobs with schedule, zone, enabled, next run and last status.
+
+    Example: cronpy list -f jobs.yaml
+    """
+    def body() -> None:
+        from cronpy import render, service
+
+        jobs = _load(file)
+        render.job_list(list(jobs.jobs.values()), service.next_runs(jobs),
+                        service.last_runs(jobs, state_dir), as_json=as_json)
+
+    _guard(body)
+
+
+@app.command("next")
+def next_(
+    name: Annotated[Optional[str], typer.Argument(help="Job name.", autocompletion=_complete_jobs)] = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="How many instants.", min=1)] = 5,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Start after this ISO 8601 time (default: now).")] = None,
+    expr: Annotated[Optional[str], typer.Option("--expr", help="A schedule not in any file, e.g. '0 3 * * 1-5'.")] = None,
+    tz: Annotated[str, typer.Option("--tz", help="Zone for --expr.")] = "UTC",
+    file: FileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the next fire times of a job (or of --expr), one ISO 8601 time with offset a line.
+
+    This is the code the runner fires by.
+
+    Example: cronpy next backup --count 3 --from 2026-03-29T00:00:00+00:00
+    """
+    def body() -> None:
+        from cronpy import render, service
+
+        start = datetime.now(timezone.utc)
+        if from_ is not None:
+            try:
+                start = datetime.fromisoformat(from_)
+            except ValueError:
+                raise UsageError(f"--from: expected an ISO 8601 time, got {from_!r}") from None
+        if expr is not None:
+            times, words = service.next_for_expr(expr, tz, start, count)
+        elif name is not None:
+            times, words = service.next_for_job(_load(file), name, start, count)
+        else:
+            raise UsageError("give a job NAME or --expr")
+        render.instants(times, as_json=as_json, description=words)
+
+    _guard(body)
+
+
+@app.command()
+def validate(
+    jobs_file: Annotated[Optional[Path], typer.Argument(
+        help="The jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False)] = None,
+) -> None:
+    """Check a jobs file and report every problem with its line; exit 2 if there is any.
+
+    Example: cronpy validate jobs.yaml
+    """
+    def body() -> None:
+        jobs = _load(jobs_file)
+        sys.stdout.write(f"{jobs.source}: OK, {len(jobs.jobs)} job{'s' if len(jobs.jobs) != 1 else ''}\n")
+
+    _guard(body)
+
+
+def main() -> Any:
+    """Console-script entry point (also `python -m cronpy`, hence the explicit name: click
+    derives the completion variable _CRONPY_COMPLETE from it)."""
+    return app(prog_name="cronpy")

@@ -1,0 +1,150 @@
+"""Output of every command: a rich table on a terminal, plain tab-separated text when piped,
+JSON with `--json`. Nothing here computes; it only shows what the core returned."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+from cronpy.durations import format_duration
+from cronpy.models import JobSpec, JobStats, RunRecord, RunStatus
+
+STATUS_STYLE = {
+    RunStatus.SUCCESS: "green",
+    RunStatus.FAILED: "red",
+    RunStatus.TIMEOUT: "red",
+    RunStatus.INTERRUPTED: "yellow",
+    RunStatus.SKIPPED: "dim",
+    RunStatus.RUNNING: "cyan",
+}
+HEALTH_STYLE = {"healthy": "green", "warning": "yellow", "unhealthy": "red", "unknown": "dim"}
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def local(dt: datetime | None) -> str:
+    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
+
+
+def dur(seconds: float | None) -> str:
+    return format_duration(seconds) if seconds is not None else "-"
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def table(title: str | None, headers: Sequence[str], rows: Iterable[Sequence[str]],
+          styles: Sequence[str | None] | None = None) -> None:
+    """Print rows as a rich table on a terminal, as tab-separated lines otherwise."""
+    rows = list(rows)
+    if not is_terminal():
+        sys.stdout.write("\t".join(h.lower().replace(" ", "_") for h in headers) + "\n")
+        for row in rows:
+            sys.stdout.write("\t".join(_plain(c) for c in row) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, header_style="bold", show_edge=False, pad_edge=False)
+    for h in headers:
+        t.add_column(h, overflow="fold")
+    for i, row in enumerate(rows):
+        t.add_row(*row, style=styles[i] if styles else None)
+    Console().print(t)
+
+
+def _plain(cell: str) -> str:
+    from re import sub
+
+    return sub(r"\[/?[a-z ]*\]", "", cell).replace("\t", " ").replace("\n", " ")
+
+
+def _status(status: RunStatus | None) -> str:
+    if status is None:
+        return "-"
+    return f"[{STATUS_STYLE[status]}]{status.value}[/]"
+
+
+def runs(records: Sequence[RunRecord], *, as_json: bool) -> None:
+    if as_json:
+        print_json([r.to_json(with_output=False) for r in records])
+        return
+    table(None, ["ID", "Job", "Status", "Trigger", "Try", "Started", "Duration", "Exit", "Error"], (
+        [str(r.id), r.job, _status(r.status), r.trigger.value, str(r.attempt), local(r.started_at),
+         dur(r.duration), "-" if r.exit_code is None else str(r.exit_code),
+         (r.error or "").strip().splitlines()[-1][:80] if r.error else ""]
+        for r in records
+    ))
+
+
+def run_detail(r: RunRecord, *, as_json: bool) -> None:
+    if as_json:
+        print_json(r.to_json())
+        return
+    fields = [
+        ("run", str(r.id)), ("job", r.job), ("status", r.status.value), ("trigger", r.trigger.value),
+        ("attempt", str(r.attempt)), ("scheduled for", local(r.scheduled_for)),
+        ("started", local(r.started_at)), ("finished", local(r.finished_at)), ("duration", dur(r.duration)),
+        ("exit code", "-" if r.exit_code is None else str(r.exit_code)), ("pid", str(r.pid or "-")),
+        ("host", r.host or "-"),
+    ]
+    if r.result is not None:
+        fields.append(("result", json.dumps(r.result)))
+    width = max(len(k) for k, _ in fields)
+    for k, v in fields:
+        sys.stdout.write(f"{k:>{width}}  {v}\n")
+    if r.error:
+        sys.stdout.write(f"\n--- error ---\n{r.error.rstrip()}\n")
+    sys.stdout.write(f"\n--- output (tail) ---\n{(r.output or '').rstrip()}\n")
+
+
+def stats(items: Sequence[JobStats], next_runs: dict[str, datetime | None], *, as_json: bool) -> None:
+    if as_json:
+        print_json([{
+            "job": s.job, "runs": s.runs, "successes": s.successes, "failures": s.failures,
+            "timeouts": s.timeouts, "success_rate": s.success_rate, "mean": s.mean, "p50": s.p50,
+            "p95": s.p95, "max": s.max, "last_run": s.last_started.isoformat() if s.last_started else None,
+            "last_status": s.last_status.value if s.last_status else None,
+            "next_run": (n.isoformat() if (n := next_runs.get(s.job)) else None), "health": s.health,
+        } for s in items])
+        return
+    table(None, ["Job", "Runs", "OK", "Failed", "Timeout", "Success", "Mean", "p50", "p95", "Max",
+                 "Last run", "Last", "Next run", "Health"], (
+        [s.job, str(s.runs), str(s.successes), str(s.failures), str(s.timeouts),
+         "-" if s.success_rate is None else f"{s.success_rate:.1%}", dur(s.mean), dur(s.p50), dur(s.p95),
+         dur(s.max), local(s.last_started), _status(s.last_status), local(next_runs.get(s.job)),
+         f"[{HEALTH_STYLE[s.health]}]{s.health}[/]"]
+        for s in items
+    ))
+
+
+def job_list(specs: Sequence[JobSpec], next_runs: dict[str, datetime | None],
+             last: dict[str, RunRecord], *, as_json: bool) -> None:
+    if as_json:
+        print_json([{
+            "job": s.name, "schedule": s.schedule.text if s.schedule else None, "timezone": s.timezone,
+            "enabled": s.enabled, "kind": s.kind, "description": s.description,
+            "next_run": (n.isoformat() if (n := next_runs.get(s.name)) else None),
+            "last_status": last[s.name].status.value if s.name in last else None,
+        } for s in specs])
+        return
+    table(None, ["Job", "Schedule", "Zone", "Enabled", "Next run", "Last", "Description"], (
+        [s.name, s.schedule.text if s.schedule else "(manual)", s.timezone, "yes" if s.enabled else "no",
+         local(next_runs.get(s.name)), _status(last[s.name].status) if s.name in last else "-", s.description]
+        for s in specs
+    ))
+
+
+def instants(times: Sequence[datetime], *, as_json: bool, description: str | None = None) -> None:
+    if as_json:
+        print_json([t.isoformat() for t in times])
+        return
+    if description and is_terminal():
+        sys.stdout.write(f"# {description}\n")
+    for t in times:
+        sys.stdout.write(t.isoformat() + "\n")

@@ -1,0 +1,248 @@
+"""What the commands do, wired from the core modules: logging, signals, the scheduler lock.
+
+The CLI calls one function here per command and renders its result; this module owns the
+process-level concerns (signal handlers, log format, the standby loop) that the core's pure,
+testable pieces must not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Callable
+
+from cronpy.clock import Clock, SystemClock
+from cronpy.config import get_job, load_jobs, resolve_state_dir
+from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, LockHeld
+from cronpy.history import History
+from cronpy.locks import Locks
+from cronpy.models import JobSet, JobSpec, RunStatus
+from cronpy.runner import Runner
+from cronpy.schedule import next_fire, parse_schedule, upcoming
+
+log = logging.getLogger("cronpy")
+_print_lock = threading.Lock()
+
+# Priorities of sd-daemon(3), for lines read by the journal.
+_SYSLOG_LEVEL = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<N>message`: the journal adds its own timestamp and reads N as the priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_SYSLOG_LEVEL.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _print_line(job: str, line: str) -> None:
+    with _print_lock:
+        sys.stdout.write(f"{job} | {line}\n")
+        sys.stdout.flush()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _install_signals(on_stop: Callable[[bool], None]) -> None:
+    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once."""
+    count = {"n": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        count["n"] += 1
+        urgent = signum == signal.SIGINT and count["n"] > 1
+        log.info("received %s: %s", signal.Signals(signum).name,
+                 "stopping running jobs now" if urgent else "stopping (no new runs)")
+        on_stop(urgent)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _prune_loop(history: History, retention: float, stop: threading.Event, clock: Clock) -> None:
+    """Delete runs older than the retention, hourly, off the scheduling thread."""
+    while not stop.is_set():
+        try:
+            removed = history.prune(clock.now() - timedelta(seconds=retention))
+            if removed:
+                log.info("history: pruned %d run(s) older than the retention", removed)
+        except Exception as exc:  # never let pruning take the runner down
+            log.error("history: pruning failed: %s", exc)
+        stop.wait(3600)
+
+
+def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, clock: Clock | None = None) -> int:
+    """`cronpy run`: validate, take the scheduler lock (or stand by), fire jobs until stopped."""
+    setup_logging(verbose)
+    clock = clock or SystemClock()
+    jobs = load_jobs(jobs_file, now=clock.now())  # nothing starts unless the whole file is valid
+    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+    history = History.open(sd)
+    locks = Locks(sd)
+    runner = Runner(jobs, history, locks, clock, output=_print_line)
+    _install_signals(lambda urgent: runner.request_stop(now=urgent))
+
+    leader = locks.scheduler()
+    announced = False
+    while not runner.stopping:
+        try:
+            leader.acquire(wait=0.0, now=clock.now())
+            break
+        except LockHeld as exc:
+            if not announced:
+                log.info("standby: %s; taking over when it stops", exc)
+                announced = True
+            runner.wake.wait(0.5)
+    if runner.stopping:
+        return 0
+    try:
+        for rec in history.mark_dead_runs(_pid_alive, clock.now()):
+            log.warning("%s: run %d was left running by a dead runner; marked interrupted", rec.job, rec.id)
+        runner.start(clock.now())
+        nxt = runner.next_due()
+        log.info(
+            "cronpy: %d job(s) from %s, state dir %s; next: %s",
+            len(jobs.jobs), jobs.source, sd,
+            f"{nxt.job} at {nxt.when.astimezone().isoformat(timespec='seconds')}" if nxt else "nothing scheduled",
+        )
+        stop_pruning = threading.Event()
+        if jobs.history_retention:
+            threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
+                             daemon=True, name="prune").start()
+        runner.run_forever()
+        stop_pruning.set()
+        log.info("cronpy: stopped")
+    finally:
+        leader.release()
+        history.close()
+    return 0
+
+
+def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, wait: float = 0.0) -> int:
+    """`cronpy trigger`: run one job now through the runner's own path; return its exit status."""
+    setup_logging()
+    get_job(jobs, name)
+    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+    with History.open(sd) as history:
+        def raw(job: str, line: str) -> None:
+            with _print_lock:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+
+        runner = Runner(jobs, history, Locks(sd), SystemClock(), output=raw)
+        _install_signals(lambda urgent: runner.request_stop(now=True))
+        run_id = runner.run_foreground(name, wait=wait)
+        if run_id is None:
+            return EXIT_LOCKED
+        rec = history.get(run_id)
+    if rec.status is RunStatus.SUCCESS:
+        return 0
+    if rec.status is RunStatus.TIMEOUT:
+        return EXIT_TIMEOUT
+    if rec.status is RunStatus.SKIPPED:
+        return EXIT_LOCKED
+    if rec.exit_code is not None and rec.exit_code > 0:
+        return rec.exit_code
+    return 1
+
+
+def _anchors(jobs: JobSet, state_dir: Path | None) -> dict[str, datetime]:
+    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+    try:
+        with History.open(sd, readonly=True) as h:
+            return {n: t for n in jobs.jobs if (t := h.last_scheduled(n)) is not None}
+    except Exception:
+        return {}
+
+
+def next_runs(jobs: JobSet, state_dir: Path | None = None) -> dict[str, datetime | None]:
+    """Each enabled job's next instant, as the runner would compute it now."""
+    now = datetime.now(timezone.utc)
+    anchors = _anchors(jobs, state_dir)
+    return {n: next_fire(s, now, anchors.get(n)) if s.enabled else None for n, s in jobs.jobs.items()}
+
+
+def next_runs_if_readable(file: Path | None) -> dict[str, datetime | None]:
+    """next_runs for `stats`, which must still work when the jobs file is missing or broken."""
+    from cronpy.config import find_jobs_file
+    from cronpy.errors import ConfigError
+
+    try:
+        return next_runs(load_jobs(find_jobs_file(str(file) if file else None)))
+    except ConfigError:
+        return {}
+
+
+def last_runs(jobs: JobSet, state_dir: Path | None) -> dict[str, object]:
+    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+    try:
+        with History.open(sd, readonly=True) as h:
+            return dict(h.last_runs())
+    except Exception:
+        return {}
+
+
+def describe(expr: str) -> str | None:
+    """The expression in words, when cron-descriptor is installed."""
+    try:
+        from cron_descriptor import get_description  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        return str(get_description(expr))
+    except Exception:
+        return None
+
+
+def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
+    spec = get_job(jobs, name)
+    return _next(spec, start, count)
+
+
+def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
+    from cronpy.errors import UsageError
+    from cronpy.schedule import zone
+
+    try:
+        zone(tz)
+        sched = parse_schedule(expr)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return _next(JobSpec(name="expr", schedule=sched, timezone=tz), start, count)
+
+
+def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], str | None]:
+    from cronpy.models import Cron
+    from cronpy.schedule import zone
+
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=zone(spec.timezone))
+    tz = zone(spec.timezone)
+    times = [t.astimezone(tz) for t in upcoming(spec, start, count)]
+    words = describe(spec.schedule.expr) if isinstance(spec.schedule, Cron) else None
+    if words:
+        words = f"{words} ({spec.timezone})"
+    return times, words
