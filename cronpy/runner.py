@@ -26,7 +26,7 @@ from cronpy.executor import Attempt, AttemptResult, RunContext
 from cronpy.history import History, NewRun
 from cronpy.locks import Lock, Locks
 from cronpy.models import At, Every, JobSet, JobSpec, Overlap, RunStatus, Trigger
-from cronpy.schedule import next_fire
+from cronpy.schedule import latest_fire, next_fire
 
 log = logging.getLogger("cronpy")
 
@@ -89,6 +89,7 @@ class Runner:
         self._stopping = False
         self._cancel_all = False
         self._anchors: dict[str, datetime] = {}
+        self._prelocked: dict[str, Lock] = {}  # job locks taken before dispatch (foreground trigger)
 
     # -- the heap ----------------------------------------------------------------------------
 
@@ -119,13 +120,27 @@ class Runner:
                 last = self.history.last_scheduled(spec.name)
                 if last is not None:
                     self._anchors[spec.name] = last
-            if isinstance(spec.schedule, At) and spec.catch_up and spec.schedule.when <= now:
-                # A one-shot missed while down fires once; the claim makes "once" hold across restarts.
-                self._push(now, spec.name, Trigger.CATCHUP, spec.schedule.when.astimezone(now.tzinfo))
-            else:
-                self._schedule_next(spec, now)
+            missed = self._missed_while_down(spec, now)
+            if missed is not None:
+                self._push(now, spec.name, Trigger.CATCHUP, missed)
+                if isinstance(spec.schedule, Every):
+                    self._anchors[spec.name] = missed
+            self._schedule_next(spec, now)
             if spec.run_on_start:
                 self._push(now, spec.name, Trigger.START, now)
+
+    def _missed_while_down(self, spec: JobSpec, now: datetime) -> datetime | None:
+        """With catch_up, the latest instant missed since the last recorded one (like systemd's
+        Persistent=); None if nothing was missed or the job does not catch up."""
+        if not spec.catch_up:
+            return None
+        last = self.history.last_scheduled(spec.name)
+        if last is None:
+            # Never ran: only a one-shot whose time has passed is owed a run.
+            if isinstance(spec.schedule, At) and spec.schedule.when <= now:
+                return spec.schedule.when.astimezone(now.tzinfo)
+            return None
+        return latest_fire(spec, last, now - MISFIRE_GRACE)
 
     def next_wakeup(self) -> datetime | None:
         """Return when the next tick is due (None: nothing scheduled)."""
@@ -136,9 +151,35 @@ class Runner:
         with self._lock:
             return min(self._heap) if self._heap else None
 
-    def trigger(self, name: str, now: datetime) -> None:
-        """Fire job `name` now through the loop, as `cronpy trigger` would."""
-        self._push(now, name, Trigger.MANUAL, now)
+    def run_foreground(self, name: str, *, wait: float = 0.0) -> int | None:
+        """Run job `name` now, with its retries, through the same dispatch as scheduled runs.
+
+        Takes the job lock first (waiting up to `wait` seconds; LockHeld if it stays taken),
+        then ticks until the run and its retries are over. Returns the last run's id.
+        """
+        spec = self.jobs.jobs[name]
+        lock = None
+        if spec.overlap is not Overlap.ALLOW:
+            lock = self.locks.job(name)
+            lock.acquire(wait=wait, now=self.clock.now())
+            self._prelocked[name] = lock
+        last: int | None = None
+        try:
+            self._push(self.clock.now(), name, Trigger.MANUAL, self.clock.now())
+            while True:
+                self.wake.clear()
+                started = self.tick(self.clock.now())
+                last = started[-1] if started else last
+                with self._lock:
+                    if not self._active and (not self._heap or self._stopping):
+                        break
+                self.clock.sleep_until(self.next_wakeup(), self.wake)
+            self.shutdown(0.0 if self._cancel_all else self.jobs.shutdown_grace)
+        finally:
+            self._prelocked.pop(name, None)
+            if lock:
+                lock.release()
+        return last
 
     # -- one pass ----------------------------------------------------------------------------
 
@@ -148,15 +189,27 @@ class Runner:
             due: list[Due] = []
             while self._heap and self._heap[0].when <= now:
                 due.append(heapq.heappop(self._heap))
+            candidates = []
             for d in due:
                 spec = self.jobs.jobs.get(d.job)
-                if spec is not None and d.trigger is Trigger.SCHEDULE:
+                if spec is None:
+                    continue
+                if d.trigger is Trigger.SCHEDULE:
                     # Next instant first, so a slow start never delays the cadence. Instants
                     # missed by more than the grace (downtime, suspend) are not replayed.
                     self._schedule_next(spec, max(d.scheduled_for, now - MISFIRE_GRACE))
+                    if now - d.scheduled_for > MISFIRE_GRACE + timedelta(seconds=spec.jitter):
+                        # The clock jumped or the machine slept past this instant. cron(8)
+                        # skips it; with catch_up it runs once, however many were missed.
+                        if not spec.catch_up:
+                            log.warning("%s: missed the run due at %s (the clock jumped or the machine slept)",
+                                        d.job, d.scheduled_for.isoformat())
+                            continue
+                        d.trigger = Trigger.CATCHUP
+                        d.scheduled_for = latest_fire(spec, d.scheduled_for, now - MISFIRE_GRACE) or d.scheduled_for
+                candidates.append(d)
             if self._stopping:
                 return []
-            candidates = [d for d in due if d.job in self.jobs.jobs]
             # Runs that were waiting on a finished job or a free slot compete again.
             for job in list(self._queued):
                 if not self._running(job):
@@ -191,7 +244,9 @@ class Runner:
                 heapq.heappush(self._pending, (-spec.priority, d.when, d.seq, d))
                 continue
             lock = None
-            if spec.overlap is not Overlap.ALLOW:
+            if d.job in self._prelocked:
+                lock = self._prelocked[d.job]
+            elif spec.overlap is not Overlap.ALLOW:
                 lock = self.locks.job(d.job)
                 try:
                     lock.acquire(now=now)
@@ -266,7 +321,7 @@ class Runner:
             self._record(lambda: self.history.finish_run(
                 active.run_id, result.status, finished, duration=result.duration, exit_code=result.exit_code,
                 error=result.error, output=result.output, result=result.result))
-            if active.lock:
+            if active.lock and active.lock is not self._prelocked.get(spec.name):
                 active.lock.release()
             level = logging.INFO if result.status is RunStatus.SUCCESS else logging.WARNING
             log.log(level, "%s: run %d %s in %.3fs (exit %s)%s", spec.name, active.run_id, result.status.value,

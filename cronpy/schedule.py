@@ -319,3 +319,29 @@ def upcoming(spec: JobSpec, after: datetime, count: int) -> list[datetime]:
         out.append(nxt)
         t = anchor = nxt
     return out
+
+
+def latest_fire(spec: JobSpec, since: datetime, until: datetime) -> datetime | None:
+    """Return the job's last instant in (since, until], or None: what a catch-up run claims.
+
+    Claiming the *latest* missed instant (not the first) is what makes a catch-up happen once:
+    after it, nothing between the claim and `until` is left to catch up on a later restart.
+    """
+    sched = spec.schedule
+    if sched is None or until <= since:
+        return None
+    if isinstance(sched, At):
+        return sched.when if since < sched.when <= until else None
+    if isinstance(sched, Every):
+        step = timedelta(seconds=sched.seconds)
+        k = int((until - since) / step)
+        return since + k * step if k >= 1 else None
+    # Cron: search a short window back from `until` first, widening only when it is empty.
+    for window in (timedelta(hours=2), timedelta(days=3), timedelta(days=400), None):
+        start = since if window is None or until - window <= since else until - window
+        found, t = None, start
+        while (t := next_fire(spec, t)) is not None and t <= until:  # type: ignore[assignment]
+            found = t
+        if found is not None or start == since:
+            return found
+    return None
