@@ -1,0 +1,1 @@
+complete --command cronpy --no-files --arguments "(env _CRONPY_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) cronpy)" --condition "env _CRONPY_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) cronpy"

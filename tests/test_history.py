@@ -1,0 +1,117 @@
+"""History: claims, filters and stats figures on a known history."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from cronpy.errors import RunNotFound
+from cronpy.history import History
+from cronpy.models import RunStatus, Trigger
+
+UTC = timezone.utc
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def add(h: History, job: str, status: RunStatus, duration: float, at: datetime, *, trigger: Trigger = Trigger.MANUAL,
+        exit_code: int | None = None) -> int:
+    run_id = h.start_run(job, trigger, at, scheduled_for=at)
+    assert run_id is not None
+    h.finish_run(run_id, status, at + timedelta(seconds=duration), duration=duration, exit_code=exit_code,
+                 error=None if status is RunStatus.SUCCESS else "boom", output="out")
+    return run_id
+
+
+def test_a_scheduled_instant_can_be_claimed_only_once(history_db: History) -> None:
+    first = history_db.start_run("billing", Trigger.SCHEDULE, T0, scheduled_for=T0)
+    assert first is not None
+    assert history_db.start_run("billing", Trigger.SCHEDULE, T0, scheduled_for=T0) is None
+    # A retry of the same instant, a different job, or a manual run are not claims.
+    assert history_db.start_run("billing", Trigger.RETRY, T0, scheduled_for=T0, attempt=2) is not None
+    assert history_db.start_run("other", Trigger.SCHEDULE, T0, scheduled_for=T0) is not None
+    assert history_db.start_run("billing", Trigger.MANUAL, T0, scheduled_for=T0) is not None
+
+
+def test_claims_from_two_connections_racing_give_exactly_one_winner(state_dir: Path) -> None:
+    results: list[int | None] = []
+    barrier = threading.Barrier(4)
+
+    def claim() -> None:
+        with History.open(state_dir) as h:
+            barrier.wait()
+            results.append(h.start_run("billing", Trigger.SCHEDULE, T0, scheduled_for=T0))
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join(30) for t in threads]
+    assert len(results) == 4 and sum(r is not None for r in results) == 1
+
+
+def test_history_filters_by_job_status_and_since(history_db: History) -> None:
+    add(history_db, "a", RunStatus.SUCCESS, 1, T0)
+    failed_old = add(history_db, "a", RunStatus.FAILED, 1, T0 + timedelta(hours=1), exit_code=3)
+    add(history_db, "b", RunStatus.FAILED, 1, T0 + timedelta(hours=2))
+    failed_new = add(history_db, "a", RunStatus.FAILED, 1, T0 + timedelta(hours=3), exit_code=4)
+    assert [r.id for r in history_db.query("a", status=RunStatus.FAILED)] == [failed_new, failed_old]
+    assert [r.id for r in history_db.query("a", status=RunStatus.FAILED, since=T0 + timedelta(hours=2))] == [failed_new]
+    assert len(history_db.query(limit=2)) == 2
+    rec = history_db.get(failed_new)
+    assert (rec.exit_code, rec.output, rec.error) == (4, "out", "boom")
+    with pytest.raises(RunNotFound):
+        history_db.get(999)
+
+
+def test_stats_figures_on_a_known_history(history_db: History) -> None:
+    # 20 runs: 17 successes of 1..17 s, 2 failures of 18, 19 s, 1 timeout of 20 s.
+    for i in range(1, 21):
+        status = RunStatus.SUCCESS if i <= 17 else RunStatus.FAILED if i <= 19 else RunStatus.TIMEOUT
+        add(history_db, "etl", status, float(i), T0 + timedelta(minutes=i))
+    add(history_db, "ok", RunStatus.SUCCESS, 2.0, T0)
+    etl, ok = history_db.stats()
+    assert (etl.runs, etl.successes, etl.failures, etl.timeouts) == (20, 17, 2, 1)
+    assert etl.success_rate == pytest.approx(0.85)
+    assert etl.health == "warning"
+    assert (etl.mean, etl.p50, etl.p95, etl.max) == (10.5, 10.0, 19.0, 20.0)
+    assert etl.last_status is RunStatus.TIMEOUT
+    assert ok.health == "healthy" and ok.p95 == 2.0
+    # --since narrows the window: only the last 5 runs (16..20 s)
+    (recent,) = history_db.stats("etl", since=T0 + timedelta(minutes=16))
+    assert (recent.runs, recent.successes, recent.max) == (5, 2, 20.0)
+
+
+def test_a_job_with_no_finished_runs_has_unknown_health(history_db: History) -> None:
+    history_db.start_run("new", Trigger.MANUAL, T0)
+    (s,) = history_db.stats()
+    assert s.health == "unknown" and s.success_rate is None
+
+
+def test_runs_left_running_by_a_dead_runner_become_interrupted(history_db: History) -> None:
+    run_id = history_db.start_run("a", Trigger.MANUAL, T0)
+    assert run_id is not None
+    marked = history_db.mark_dead_runs(lambda pid: False, T0)
+    assert [r.id for r in marked] == [run_id]
+    assert history_db.get(run_id).status is RunStatus.INTERRUPTED
+    live = history_db.start_run("a", Trigger.MANUAL, T0)
+    assert history_db.mark_dead_runs(lambda pid: True, T0) == []
+    assert history_db.get(live).status is RunStatus.RUNNING  # type: ignore[arg-type]
+
+
+def test_prune_removes_only_old_finished_runs(history_db: History) -> None:
+    add(history_db, "a", RunStatus.SUCCESS, 1, T0 - timedelta(days=40))
+    old_running = history_db.start_run("a", Trigger.MANUAL, T0 - timedelta(days=40))
+    keep = add(history_db, "a", RunStatus.SUCCESS, 1, T0)
+    assert history_db.prune(T0 - timedelta(days=30)) == 1
+    assert {r.id for r in history_db.query(limit=None)} == {old_running, keep}
+
+
+def test_schema_is_versioned_wal_and_intact(history_db: History, state_dir: Path) -> None:
+    db = sqlite3.connect(state_dir / "history.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert history_db.integrity_check() == "ok"
+    # Reopening does not re-run migrations.
+    History.open(state_dir).close()
