@@ -20,7 +20,7 @@ import yaml
 
 from cronpy.durations import parse_duration
 from cronpy.errors import ConfigError, Problem, UsageError
-from cronpy.models import At, Backoff, JobSet, JobSpec, Overlap
+from cronpy.models import At, Backoff, JobSet, JobSpec, Overlap, Schedule
 from cronpy.schedule import next_fire, parse_schedule, zone
 
 TOP_KEYS = {"timezone", "state_dir", "max_concurrent", "history_retention", "shutdown_grace", "defaults", "jobs"}
@@ -280,7 +280,7 @@ class _Checker:
             self.err(where("args" if args else "kwargs"), "`args` and `kwargs` go with `python`, not `command`")
             ok = False
 
-        schedule = None
+        schedule: Schedule | None = None
         if "schedule" in body and "at" in body:
             ok = False
             self.err(path, "a job takes `schedule` or `at`, not both")

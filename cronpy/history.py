@@ -302,7 +302,8 @@ class History:
 
     @staticmethod
     def _filters(job: str | None, status: RunStatus | None, since: datetime | None) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if job is not None:
             clauses.append("job = ?")
             params.append(job)

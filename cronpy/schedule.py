@@ -173,8 +173,8 @@ def _next_naive(f: CronFields, after: datetime) -> datetime | None:
     limit = after.year + SEARCH_YEARS
     while t.year <= limit:
         if t.month not in f.months:
-            y, m = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-            t = datetime(y, m, 1)
+            y, mo = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
+            t = datetime(y, mo, 1)
             continue
         if not f.day_matches(t.date()):
             t = datetime(t.year, t.month, t.day) + timedelta(days=1)
@@ -184,8 +184,8 @@ def _next_naive(f: CronFields, after: datetime) -> datetime | None:
             t = t.replace(hour=h, minute=0, second=0) if h is not None else datetime(t.year, t.month, t.day) + timedelta(days=1)
             continue
         if t.minute not in f.minutes:
-            m = _next_in(f.minutes, t.minute)
-            t = t.replace(minute=m, second=0) if m is not None else t.replace(minute=0, second=0) + timedelta(hours=1)
+            nm = _next_in(f.minutes, t.minute)
+            t = t.replace(minute=nm, second=0) if nm is not None else t.replace(minute=0, second=0) + timedelta(hours=1)
             continue
         if t.second not in f.seconds:
             s = _next_in(f.seconds, t.second)

@@ -22,7 +22,7 @@ from cronpy.config import get_job, load_jobs, resolve_state_dir
 from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, LockHeld
 from cronpy.history import History
 from cronpy.locks import Locks
-from cronpy.models import JobSet, JobSpec, RunStatus
+from cronpy.models import JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
 
@@ -196,7 +196,7 @@ def next_runs_if_readable(file: Path | None) -> dict[str, datetime | None]:
         return {}
 
 
-def last_runs(jobs: JobSet, state_dir: Path | None) -> dict[str, object]:
+def last_runs(jobs: JobSet, state_dir: Path | None) -> dict[str, RunRecord]:
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
     try:
         with History.open(sd, readonly=True) as h:
@@ -208,7 +208,7 @@ def last_runs(jobs: JobSet, state_dir: Path | None) -> dict[str, object]:
 def describe(expr: str) -> str | None:
     """The expression in words, when cron-descriptor is installed."""
     try:
-        from cron_descriptor import get_description  # type: ignore[import-not-found]
+        from cron_descriptor import get_description
     except ImportError:
         return None
     try:
