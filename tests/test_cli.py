@@ -33,6 +33,10 @@ def rows(state: Path, sql: str = "SELECT job, status, trigger FROM runs ORDER BY
     db = sqlite3.connect(state / "history.db", timeout=10)
     try:
         return db.execute(sql).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # the runner has created the file but not migrated it yet
+            return []
+        raise
     finally:
         db.close()
 
