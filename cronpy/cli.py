@@ -30,7 +30,7 @@ app = typer.Typer(
 
 
 def _complete_jobs(ctx: typer.Context, incomplete: str) -> list[str]:
-    from cronpy.config import find_jobs_file, job_names
+    from cronpy.paths import find_jobs_file, job_names
 
     path = ctx.params.get("file") or ctx.params.get("jobs_file")
     return [n for n in job_names(find_jobs_file(path)) if n.startswith(incomplete)]
@@ -63,7 +63,8 @@ def _guard(fn: Callable[[], int | None]) -> None:
 
 
 def _load(file: Path | None) -> JobSet:
-    from cronpy.config import find_jobs_file, load_jobs
+    from cronpy.config import load_jobs
+    from cronpy.paths import find_jobs_file
 
     return load_jobs(find_jobs_file(str(file) if file else None), now=datetime.now(timezone.utc))
 
@@ -71,7 +72,7 @@ def _load(file: Path | None) -> JobSet:
 def _state_dir_for_reading(file: Path | None, state_dir: Path | None) -> Path:
     """The state dir, reading only `state_dir` from the jobs file (so a broken file still
     lets you read the history, and `history` does not pay for a full validation)."""
-    from cronpy.config import file_state_dir, find_jobs_file, resolve_state_dir
+    from cronpy.paths import file_state_dir, find_jobs_file, resolve_state_dir
 
     if state_dir is None and not os.environ.get("CRONPY_STATE_DIR"):
         path = find_jobs_file(str(file) if file else None)

@@ -447,39 +447,6 @@ def load_jobs(path: str | os.PathLike[str], *, now: datetime | None = None) -> J
     return parse_jobs(text, str(p), base_dir=p.resolve().parent, now=now)
 
 
-def job_names(path: str | os.PathLike[str]) -> list[str]:
-    """Return the job names in a jobs file without validating it (for shell completion)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return []
-    jobs = raw.get("jobs") if isinstance(raw, dict) else None
-    return [str(n) for n in jobs] if isinstance(jobs, dict) else []
-
-
-def find_jobs_file(option: str | None, env: Mapping[str, str] = os.environ) -> Path:
-    """Return the jobs file: `-f/--file`, then $CRONPY_FILE, then ./jobs.yaml."""
-    return Path(option or env.get("CRONPY_FILE") or "jobs.yaml")
-
-
-def resolve_state_dir(
-    option: str | None, file_state_dir: Path | None, env: Mapping[str, str] = os.environ
-) -> Path:
-    """Return the state dir: --state-dir, $CRONPY_STATE_DIR, the file's `state_dir`,
-    $STATE_DIRECTORY (systemd's StateDirectory=), $XDG_STATE_HOME/cronpy, ~/.local/state/cronpy."""
-    if option:
-        return Path(option).expanduser()
-    if env.get("CRONPY_STATE_DIR"):
-        return Path(env["CRONPY_STATE_DIR"]).expanduser()
-    if file_state_dir is not None:
-        return file_state_dir
-    if env.get("STATE_DIRECTORY"):
-        # systemd passes a colon-separated list when the unit names several directories.
-        return Path(env["STATE_DIRECTORY"].split(":")[0])
-    xdg = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(xdg) / "cronpy"
-
-
 def get_job(jobs: JobSet, name: str) -> JobSpec:
     """Return job `name` or raise a usage error listing close names."""
     try:
@@ -487,15 +454,3 @@ def get_job(jobs: JobSet, name: str) -> JobSpec:
     except KeyError:
         hint = _did_you_mean(name, set(jobs.jobs))
         raise UsageError(f"no job named {name!r} in {jobs.source or 'the jobs file'}{hint}") from None
-
-
-
-def file_state_dir(path: Path) -> Path | None:
-    """Return only the `state_dir` a jobs file names (resolved), without validating the rest."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None
-    if isinstance(raw, dict) and isinstance(raw.get("state_dir"), str):
-        return (path.resolve().parent / os.path.expanduser(raw["state_dir"])).resolve()
-    return None

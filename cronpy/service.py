@@ -18,7 +18,8 @@ from types import FrameType
 from typing import Callable
 
 from cronpy.clock import Clock, SystemClock
-from cronpy.config import get_job, load_jobs, resolve_state_dir
+from cronpy.config import get_job, load_jobs
+from cronpy.paths import resolve_state_dir
 from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, LockHeld
 from cronpy.history import History
 from cronpy.locks import Locks
@@ -187,7 +188,7 @@ def next_runs(jobs: JobSet, state_dir: Path | None = None) -> dict[str, datetime
 
 def next_runs_if_readable(file: Path | None) -> dict[str, datetime | None]:
     """next_runs for `stats`, which must still work when the jobs file is missing or broken."""
-    from cronpy.config import find_jobs_file
+    from cronpy.paths import find_jobs_file
     from cronpy.errors import ConfigError
 
     try:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cronpy.config import load_jobs, parse_jobs, resolve_state_dir
+from cronpy.config import load_jobs, parse_jobs
+from cronpy.paths import resolve_state_dir
 from cronpy.errors import ConfigError
 from cronpy.models import Cron, Every, Overlap
 
