@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
-from cronpy.errors import EXIT_TIMEOUT, CronpyError, UsageError
+from cronpy.errors import CronpyError, UsageError
 
 if TYPE_CHECKING:
     from cronpy.models import JobSet

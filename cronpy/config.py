@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,8 +20,8 @@ import yaml
 
 from cronpy.durations import parse_duration
 from cronpy.errors import ConfigError, Problem, UsageError
-from cronpy.models import At, Backoff, JobSet, JobSpec, Overlap, Schedule
-from cronpy.schedule import next_fire, parse_schedule, zone
+from cronpy.models import At, Backoff, Cron, JobSet, JobSpec, Overlap, Schedule
+from cronpy.schedule import ever_fires, parse_schedule, zone
 
 TOP_KEYS = {"timezone", "state_dir", "max_concurrent", "history_retention", "shutdown_grace", "defaults", "jobs"}
 JOB_KEYS = {
@@ -62,7 +62,7 @@ _SAFE_SCALAR_TAGS = {
 }
 
 
-def _build(node: yaml.Node, path: tuple[Any, ...], doc: _Doc, loader: yaml.SafeLoader) -> Any:
+def _build(node: yaml.Node, path: tuple[Any, ...], doc: _Doc, loader: Any) -> Any:
     doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         if node.tag != "tag:yaml.org,2002:map":
@@ -102,6 +102,8 @@ def _build(node: yaml.Node, path: tuple[Any, ...], doc: _Doc, loader: yaml.SafeL
     if node.tag not in _SAFE_SCALAR_TAGS:
         doc.error(path, f"unsupported YAML tag {node.tag!r}: only plain (safe) YAML is accepted")
         return None
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value  # most scalars: no constructor needed
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
@@ -111,7 +113,9 @@ def _build(node: yaml.Node, path: tuple[Any, ...], doc: _Doc, loader: yaml.SafeL
 
 def _compose(text: str, source: str) -> tuple[Any, _Doc]:
     doc = _Doc()
-    loader = yaml.SafeLoader(text)
+    # libyaml's safe loader when PyYAML was built with it (the wheels are): ~10x faster on a
+    # 10,000-job file, with the same nodes, marks and safe constructors.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -290,7 +294,7 @@ class _Checker:
                 try:
                     schedule = parse_schedule(str(s))
                     # A syntactically valid expression that matches no date (`0 0 30 2 *`).
-                    if next_fire(JobSpec(name=name, schedule=schedule, timezone=tz), _reference(self.now)) is None:
+                    if isinstance(schedule, Cron) and not ever_fires(schedule.expr, name):
                         ok = False
                         self.err(path + ("schedule",), f"{str(s)!r} never fires (no date matches it)")
                 except ValueError as exc:
@@ -391,10 +395,6 @@ class _Checker:
             self.err(path, f"{when.isoformat()} is in the past (set `catch_up: true` to run it once anyway)")
             return None
         return At(when=when, text=str(raw))
-
-
-def _reference(now: datetime | None) -> datetime:
-    return now if now is not None else datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -46,7 +46,7 @@ def zone(name: str) -> ZoneInfo:
     try:
         return _zone(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Lisbon)")
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Lisbon)") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,6 +160,16 @@ def compile_cron(expr: str, job_name: str) -> CronFields:
     """Expand `expr`; `H` fields are hashed from the job name so equal schedules spread out."""
     # croniter needs some hash id to expand `H`; a schedule checked outside a job gets a fixed one.
     return _compile(expr, (job_name or "cronpy") if "h" in expr.lower() else "")
+
+
+def ever_fires(expr: str, job_name: str) -> bool:
+    """False for an expression no date matches (`0 0 30 2 *`); zones cannot change that."""
+    return _ever_fires(expr, job_name if "h" in expr.lower() else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _ever_fires(expr: str, hash_id: str) -> bool:
+    return _next_naive(compile_cron(expr, hash_id), datetime(2000, 1, 1)) is not None
 
 
 def _next_in(values: tuple[int, ...], current: int) -> int | None:

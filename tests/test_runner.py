@@ -11,7 +11,6 @@ from pathlib import Path
 
 from conftest import Harness, jobset, wait_for
 
-from cronpy.history import History
 from cronpy.locks import Locks
 from cronpy.models import RunStatus, Trigger
 from cronpy.runner import Runner
