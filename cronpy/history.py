@@ -28,6 +28,9 @@ HOST = socket.gethostname()
 # Triggers whose instants are claimed: a scheduled instant runs once, whoever fires it.
 CLAIMED_TRIGGERS = (Trigger.SCHEDULE, Trigger.CATCHUP, Trigger.START)
 
+# Outcomes that count in success rates and durations (not running, skipped or interrupted).
+FINISHED_SQL = "'success', 'failed', 'timeout'"
+
 MIGRATIONS: list[str] = [
     # 1: the runs table and the indexes its queries use.
     f"""
@@ -55,6 +58,39 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_job_status ON runs (job, status, id);
     CREATE INDEX runs_status ON runs (status, id);
     CREATE INDEX runs_started ON runs (started_at);
+    """,
+    # 2: `stats` in O(jobs), not O(rows): per (job, status) totals kept by triggers, and the
+    # finished durations indexed by job for percentiles and max.
+    f"""
+    CREATE INDEX runs_finished_duration ON runs (job, duration) WHERE status IN ({FINISHED_SQL});
+    CREATE TABLE job_totals (
+        job TEXT NOT NULL,
+        status TEXT NOT NULL,
+        runs INTEGER NOT NULL,
+        duration_sum REAL NOT NULL,
+        last_id INTEGER NOT NULL,
+        PRIMARY KEY (job, status)
+    ) WITHOUT ROWID;
+    INSERT INTO job_totals (job, status, runs, duration_sum, last_id)
+        SELECT job, status, count(*), coalesce(sum(duration), 0), max(id) FROM runs GROUP BY job, status;
+    CREATE TRIGGER runs_totals_insert AFTER INSERT ON runs BEGIN
+        INSERT INTO job_totals (job, status, runs, duration_sum, last_id)
+            VALUES (NEW.job, NEW.status, 1, coalesce(NEW.duration, 0), NEW.id)
+            ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,
+                duration_sum = duration_sum + excluded.duration_sum, last_id = max(last_id, excluded.last_id);
+    END;
+    CREATE TRIGGER runs_totals_update AFTER UPDATE OF status, duration ON runs BEGIN
+        UPDATE job_totals SET runs = runs - 1, duration_sum = duration_sum - coalesce(OLD.duration, 0)
+            WHERE job = OLD.job AND status = OLD.status;
+        INSERT INTO job_totals (job, status, runs, duration_sum, last_id)
+            VALUES (NEW.job, NEW.status, 1, coalesce(NEW.duration, 0), NEW.id)
+            ON CONFLICT (job, status) DO UPDATE SET runs = runs + 1,
+                duration_sum = duration_sum + excluded.duration_sum, last_id = max(last_id, excluded.last_id);
+    END;
+    CREATE TRIGGER runs_totals_delete AFTER DELETE ON runs BEGIN
+        UPDATE job_totals SET runs = runs - 1, duration_sum = duration_sum - coalesce(OLD.duration, 0)
+            WHERE job = OLD.job AND status = OLD.status;
+    END;
     """,
 ]
 
@@ -100,12 +136,28 @@ def _row(r: Sequence[Any]) -> RunRecord:
     )
 
 
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a `;` inside a trigger body does not end one."""
+    out, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                out.append(current.strip())
+            current = ""
+    return out
+
+
+def _rank(n: int, q: float) -> int:
+    """Nearest rank (1-based) of quantile q among n values: ceil(q * n), at least 1."""
+    return min(n, max(1, -(-round(q * 100) * n // 100)))
+
+
 def _percentile(sorted_values: list[float], q: float) -> float | None:
     """Nearest-rank percentile: the smallest value with at least q of the values at or below it."""
     if not sorted_values:
         return None
-    rank = max(1, -(-int(q * 100) * len(sorted_values) // 100))  # ceil(q * n) without floats
-    return sorted_values[min(rank, len(sorted_values)) - 1]
+    return sorted_values[_rank(len(sorted_values), q) - 1]
 
 
 class History:
@@ -154,9 +206,8 @@ class History:
             if version > len(MIGRATIONS):
                 raise HistoryError(str(self.path), f"schema version {version} is newer than this cronpy knows")
             for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(script):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {i}")
 
     @contextmanager
@@ -336,26 +387,66 @@ class History:
     def stats(self, job: str | None = None, *, since: datetime | None = None) -> list[JobStats]:
         """Return per-job aggregates over the runs that started since `since`."""
         where, params = self._filters(job, None, since)
-        rows = self._read(
-            "SELECT job, count(*), sum(status = 'success'), sum(status = 'failed'), sum(status = 'timeout'),"
-            f" max(id) FROM runs{where} GROUP BY job ORDER BY job",
-            params,
-        )
+        counts: dict[str, dict[str, int]] = {}
+        last_ids: dict[str, int] = {}
+        if since is None:
+            # All of history: the totals the triggers keep, one row per (job, status).
+            sql = "SELECT job, status, runs, last_id FROM job_totals WHERE runs > 0" + (" AND job = ?" if job else "")
+            rows = self._read(sql, [job] if job else [])
+        else:
+            rows = self._read(f"SELECT job, status, count(*), max(id) FROM runs{where} GROUP BY job, status", params)
+        for name, status, n, last_id in rows:
+            counts.setdefault(name, {})[status] = n
+            last_ids[name] = max(last_ids.get(name, 0), last_id)
+        if not counts:
+            return []
+        durations = self._duration_stats(job, since)
+        last = {r[0]: r for r in self._read(
+            f"SELECT job, status, started_at FROM runs WHERE id IN ({','.join('?' * len(last_ids))})",
+            list(last_ids.values()))}
         out = []
-        for name, runs, ok, failed, timeouts, last_id in rows:
-            w, p = self._filters(name, None, since)
-            durations = [d for (d,) in self._read(
-                f"SELECT duration FROM runs{w} AND status IN ('success', 'failed', 'timeout')"
-                " AND duration IS NOT NULL ORDER BY duration", p)]
-            last = self.get(last_id)
+        for name in sorted(counts):
+            c = counts[name]
+            mean, p50, p95, longest = durations.get(name, (None, None, None, None))
             out.append(JobStats(
-                job=name, runs=runs, successes=ok or 0, failures=failed or 0, timeouts=timeouts or 0,
-                mean=sum(durations) / len(durations) if durations else None,
-                p50=_percentile(durations, 0.50), p95=_percentile(durations, 0.95),
-                max=durations[-1] if durations else None,
-                last_started=last.started_at, last_status=last.status,
+                job=name, runs=sum(c.values()), successes=c.get("success", 0), failures=c.get("failed", 0),
+                timeouts=c.get("timeout", 0), mean=mean, p50=p50, p95=p95, max=longest,
+                last_started=_dt(last[name][2]), last_status=RunStatus(last[name][1]),
             ))
         return out
+
+    def _duration_stats(self, job: str | None, since: datetime | None) -> dict[str, tuple[float | None, ...]]:
+        """{job: (mean, p50, p95, max)} of finished runs' durations."""
+        if since is not None:
+            # A window: rank the (usually few) durations in it here.
+            where, params = self._filters(job, None, since)
+            by_job: dict[str, list[float]] = {}
+            for name, d in self._read(
+                    f"SELECT job, duration FROM runs{where} AND status IN ({FINISHED_SQL})"
+                    " AND duration IS NOT NULL ORDER BY job, duration", params):
+                by_job.setdefault(name, []).append(d)
+            return {n: (sum(v) / len(v), _percentile(v, 0.50), _percentile(v, 0.95), v[-1]) for n, v in by_job.items()}
+        # All of history: aggregate and rank from the partial (job, duration) index; the ranked
+        # look-ups step through the index in SQLite's C code, not through Python.
+        job_clause, params = ("AND job = ?", [job]) if job is not None else ("", [])
+        out: dict[str, tuple[float | None, ...]] = {}
+        for name, n, total in self._read(
+                f"SELECT job, sum(runs), sum(duration_sum) FROM job_totals WHERE status IN ({FINISHED_SQL})"
+                f" {job_clause} GROUP BY job", params):
+            if not n:
+                continue
+            ranked = [self._nth_duration(name, _rank(n, q), n) for q in (0.50, 0.95, 1.0)]
+            out[name] = (total / n, ranked[0], ranked[1], ranked[2])
+        return out
+
+    def _nth_duration(self, job: str, rank: int, n: int) -> float | None:
+        """The rank-th smallest finished duration of a job, walking the index from the nearer end."""
+        ascending = rank <= n - rank + 1
+        rows = self._read(
+            f"SELECT duration FROM runs INDEXED BY runs_finished_duration WHERE job = ?"
+            f" AND status IN ({FINISHED_SQL}) ORDER BY duration {'ASC' if ascending else 'DESC'} LIMIT 1 OFFSET ?",
+            (job, rank - 1 if ascending else n - rank))
+        return rows[0][0] if rows else None
 
     def integrity_check(self) -> str:
         return str(self._read("PRAGMA integrity_check")[0][0])

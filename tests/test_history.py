@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -110,8 +111,34 @@ def test_prune_removes_only_old_finished_runs(history_db: History) -> None:
 
 def test_schema_is_versioned_wal_and_intact(history_db: History, state_dir: Path) -> None:
     db = sqlite3.connect(state_dir / "history.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert history_db.integrity_check() == "ok"
     # Reopening does not re-run migrations.
     History.open(state_dir).close()
+
+
+def test_stats_over_all_history_and_over_a_window_agree(history_db: History) -> None:
+    import random
+
+    rng = random.Random(7)
+    for i in range(137):
+        status = rng.choice([RunStatus.SUCCESS] * 8 + [RunStatus.FAILED, RunStatus.TIMEOUT])
+        add(history_db, f"job{i % 3}", status, round(rng.uniform(0.1, 50), 3), T0 + timedelta(seconds=i))
+    history_db.start_run("job0", Trigger.MANUAL, T0)  # still running: no duration, not counted
+    everything = history_db.stats()
+    window = history_db.stats(since=T0 - timedelta(days=1))
+    assert [replace(s, mean=None) for s in everything] == [replace(s, mean=None) for s in window]
+    assert [s.mean for s in everything] == pytest.approx([s.mean for s in window])
+    assert [s.runs for s in everything] == [47, 46, 45]
+
+
+def test_totals_kept_by_triggers_stay_right_through_pruning(history_db: History) -> None:
+    for i in range(60):
+        add(history_db, "job", RunStatus.FAILED if i % 4 == 0 else RunStatus.SUCCESS, float(i + 1),
+            T0 + timedelta(hours=i))
+    history_db.prune(T0 + timedelta(hours=30))  # drops the first 30
+    (fast,) = history_db.stats()
+    (slow,) = history_db.stats(since=T0 - timedelta(days=1))
+    assert (fast.runs, fast.failures, fast.p50, fast.max) == (slow.runs, slow.failures, slow.p50, slow.max) == (30, 7, 45.0, 60.0)
+    assert fast.mean == pytest.approx(slow.mean) == pytest.approx(45.5)
