@@ -275,3 +275,41 @@ def run_attempt(spec: JobSpec, context: RunContext, *, sink: OutputSink | None =
                 base_dir: Path | None = None) -> AttemptResult:
     """Run one attempt to completion (the simple form of Attempt(...).wait())."""
     return Attempt(spec, context, sink=sink, base_dir=base_dir).wait()
+
+
+def _is_run_process(pid: int, run_id: int) -> bool:
+    """True if `pid` is a live process group leader started for run `run_id` (not a reused pid)."""
+    try:
+        if os.getpgid(pid) != pid:
+            return False
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            environ = fh.read().split(b"\0")
+    except (OSError, ProcessLookupError):
+        return False
+    return f"CRONPY_RUN_ID={run_id}".encode() in environ
+
+
+def terminate_orphan(pid: int, run_id: int, grace: float) -> bool:
+    """Stop the process group a dead runner left behind; True if there was one to stop.
+
+    The pid is checked to still be that run's group leader (its environment carries the run
+    id), so a recycled pid is never signalled.
+    """
+    if not _is_run_process(pid, run_id):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True

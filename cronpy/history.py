@@ -314,10 +314,16 @@ class History:
             with self._tx() as db:
                 for r in dead:
                     db.execute(
-                        "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ? AND status = 'running'",
-                        (_ts(now), f"the runner (pid {r[15]}) died during the run", r[0]),
+                        "UPDATE runs SET status = 'interrupted', finished_at = ?, duration = ? - started_at,"
+                        " error = ? WHERE id = ? AND status = 'running'",
+                        (_ts(now), _ts(now), f"the runner (pid {r[15]}) died during the run", r[0]),
                     )
         return [_row(r[:15]) for r in dead]
+
+    def note_error(self, run_id: int, note: str) -> None:
+        """Append a line to a run's error (e.g. what recovery did about it)."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET error = coalesce(error || char(10), '') || ? WHERE id = ?", (note, run_id))
 
     def prune(self, before: datetime) -> int:
         """Delete finished runs that started before `before`; return how many."""
