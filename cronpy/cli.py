@@ -100,15 +100,20 @@ def _since(text: str | None) -> datetime | None:
 def run(
     jobs_file: Annotated[Path, typer.Argument(help="The jobs file.", show_default=False)],
     state_dir: StateDirOpt = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Reload when the jobs file changes (as on SIGHUP).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
 ) -> None:
     """Run the jobs of JOBS_FILE on their schedules, in the foreground, until SIGINT/SIGTERM.
 
-    Example: cronpy run jobs.yaml
+    SIGHUP (or a change of the file, with --watch) reloads it without interrupting running
+    jobs; an invalid file is rejected and the old jobs keep running. Several runners may share
+    a state dir: one schedules, the others stand by and take over within a second.
+
+    Example: cronpy run jobs.yaml --watch
     """
     from cronpy import service
 
-    _guard(lambda: service.run(jobs_file, state_dir, verbose=verbose))
+    _guard(lambda: service.run(jobs_file, state_dir, verbose=verbose, watch=watch))
 
 
 @app.command()

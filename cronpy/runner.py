@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -89,6 +89,7 @@ class Runner:
         self._stopping = False
         self._cancel_all = False
         self._anchors: dict[str, datetime] = {}
+        self._tick_started: float | None = None
         self._prelocked: dict[str, Lock] = {}  # job locks taken before dispatch (foreground trigger)
 
     # -- the heap ----------------------------------------------------------------------------
@@ -141,6 +142,37 @@ class Runner:
                 return spec.schedule.when.astimezone(now.tzinfo)
             return None
         return latest_fire(spec, last, now - MISFIRE_GRACE)
+
+    def reload(self, jobs: JobSet, now: datetime) -> tuple[list[str], list[str], list[str]]:
+        """Switch to a new JobSet without touching running jobs; return (added, removed, changed)."""
+        def same(a: JobSpec, b: JobSpec) -> bool:
+            return replace(a, line=None) == replace(b, line=None)
+
+        with self._lock:
+            old = self.jobs.jobs
+            added = sorted(n for n in jobs.jobs if n not in old)
+            removed = sorted(n for n in old if n not in jobs.jobs)
+            changed = sorted(n for n in jobs.jobs if n in old and not same(old[n], jobs.jobs[n]))
+            resched = set(added) | set(changed)
+            gone = set(removed) | set(changed)
+            # Scheduled entries of removed and changed jobs go; their retries and runs stay.
+            self._heap = [d for d in self._heap if not (d.job in gone and d.trigger is not Trigger.RETRY)
+                          and d.job not in removed]
+            heapq.heapify(self._heap)
+            self._pending = [p for p in self._pending if p[3].job not in removed]
+            heapq.heapify(self._pending)
+            for name in removed:
+                self._queued.pop(name, None)
+                self._anchors.pop(name, None)
+            self.jobs = jobs
+            for name in sorted(resched):
+                spec = jobs.jobs[name]
+                if not isinstance(spec.schedule, Every):
+                    self._anchors.pop(name, None)
+                if spec.enabled:
+                    self._schedule_next(spec, now)
+        self.wake.set()
+        return added, removed, changed
 
     def next_wakeup(self) -> datetime | None:
         """Return when the next tick is due (None: nothing scheduled)."""
@@ -263,14 +295,13 @@ class Runner:
         rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
                         RunStatus.SKIPPED, reason) for d, reason in skipped]
         try:
-            ids = self.history.start_runs(rows) if rows else []
+            ids: list[int | None] = self.history.start_runs(rows) if rows else []
         except CronpyError as exc:
-            # The history is where exactly-once lives: without a claim, nothing may start.
-            log.error("cannot record runs, not starting %d due run(s): %s", len(to_start), exc)
-            for _, lock in to_start:
-                if lock:
-                    lock.release()
-            return []
+            # The history cannot be written (disk full, I/O error). This runner holds the
+            # scheduler lock, so nobody else fires these instants: run them, and write their
+            # rows when the database takes writes again.
+            log.error("HISTORY WRITE FAILED, running %d due run(s) unrecorded for now: %s", len(to_start), exc)
+            ids = [-next(self._seq) - 1 for _ in rows]
         started = []
         for (d, lock), run_id in zip(to_start, ids[: len(to_start)]):
             if run_id is None:
@@ -311,16 +342,14 @@ class Runner:
                 active.attempt = attempt
                 if self._stopping and self._cancel_all:
                     attempt.cancel()
-            if attempt.pid is not None:
+            if attempt.pid is not None and active.run_id > 0:
                 self._record(lambda: self.history.set_pid(active.run_id, attempt.pid or 0))
             result = attempt.wait()
         finally:
             finished = self.clock.now()
             if result is None:
                 result = AttemptResult(RunStatus.FAILED, None, 0.0, "", error="cronpy failed to run the job")
-            self._record(lambda: self.history.finish_run(
-                active.run_id, result.status, finished, duration=result.duration, exit_code=result.exit_code,
-                error=result.error, output=result.output, result=result.result))
+            self._record(lambda: self._finish(active, result, finished))
             if active.lock and active.lock is not self._prelocked.get(spec.name):
                 active.lock.release()
             level = logging.INFO if result.status is RunStatus.SUCCESS else logging.WARNING
@@ -338,15 +367,32 @@ class Runner:
                 self._idle.notify_all()
             self.wake.set()
 
+    def _finish(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
+        run_id = active.run_id
+        if run_id < 0:  # its start could not be written: write the whole row now
+            d = active.due
+            started = finished - timedelta(seconds=result.duration)
+            written = self.history.start_run(d.job, d.trigger, started, scheduled_for=d.scheduled_for,
+                                             attempt=d.attempt, parent_id=d.parent_id)
+            if written is None:
+                log.error("%s: instant %s was claimed by another runner while history was failing",
+                          d.job, d.scheduled_for.isoformat())
+                return
+            run_id = written
+        self.history.finish_run(run_id, result.status, finished, duration=result.duration,
+                                exit_code=result.exit_code, error=result.error, output=result.output,
+                                result=result.result)
+
     def _record(self, write: Callable[[], None]) -> None:
         """Write to history, retrying a failed write (disk full, locked) a few times, loudly."""
-        for attempt in range(5):
+        for attempt in range(8):
             try:
                 write()
                 return
             except CronpyError as exc:
-                log.error("history write failed (try %d of 5): %s", attempt + 1, exc)
-                threading.Event().wait(0.2 * 2**attempt)
+                log.error("HISTORY WRITE FAILED (try %d of 8): %s", attempt + 1, exc)
+                threading.Event().wait(min(30.0, 0.2 * 2**attempt))
+        log.critical("giving up on a history write after 8 tries; the run's outcome is only in this log")
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -365,15 +411,27 @@ class Runner:
     def stopping(self) -> bool:
         return self._stopping
 
-    def run_forever(self) -> None:
-        """Tick, sleep until the next instant, repeat until request_stop(); then shut down."""
+    def run_forever(self, on_wake: Callable[[], None] | None = None) -> None:
+        """Tick, sleep until the next instant, repeat until request_stop(); then shut down.
+
+        `on_wake` runs on the loop thread after every wake-up (the service reloads there).
+        """
         while not self._stopping:
             self.wake.clear()
+            if on_wake is not None:
+                on_wake()
+            self._tick_started = time.monotonic()
             self.tick(self.clock.now())
+            self._tick_started = None
             if self._stopping:
                 break
             self.clock.sleep_until(self.next_wakeup(), self.wake)
         self.shutdown(self.jobs.shutdown_grace)
+
+    def healthy(self, stuck_after: float = 30.0) -> bool:
+        """False if a tick has been running for longer than `stuck_after` seconds (the watchdog)."""
+        started = self._tick_started
+        return started is None or time.monotonic() - started < stuck_after
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no run is active (tests, shutdown); False if `timeout` passed first."""

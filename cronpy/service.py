@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
@@ -20,9 +21,11 @@ from typing import Callable
 from cronpy.clock import Clock, SystemClock
 from cronpy.config import get_job, load_jobs
 from cronpy.paths import resolve_state_dir
-from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, LockHeld
+from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, LockHeld
+from cronpy.executor import terminate_orphan
 from cronpy.history import History
 from cronpy.locks import Locks
+from cronpy.notify import Notifier
 from cronpy.models import JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
@@ -58,29 +61,32 @@ def _print_line(job: str, line: str) -> None:
         sys.stdout.flush()
 
 
-def _pid_alive(pid: int) -> bool:
+def _runner_alive(pid: int) -> bool:
+    """True if `pid` is a live cronpy process (a recycled pid running something else is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"cronpy" in fh.read()
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
+    except OSError:
+        return True  # cannot tell (another user's process): assume it is alive
 
 
-def _install_signals(on_stop: Callable[[bool], None]) -> None:
-    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once."""
+def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], None] | None = None) -> None:
+    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once. SIGHUP: reload."""
     count = {"n": 0}
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         count["n"] += 1
         urgent = signum == signal.SIGINT and count["n"] > 1
         log.info("received %s: %s", signal.Signals(signum).name,
                  "stopping running jobs now" if urgent else "stopping (no new runs)")
         on_stop(urgent)
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if on_reload is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: on_reload())
 
 
 def _prune_loop(history: History, retention: float, stop: threading.Event, clock: Clock) -> None:
@@ -95,7 +101,76 @@ def _prune_loop(history: History, retention: float, stop: threading.Event, clock
         stop.wait(3600)
 
 
-def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, clock: Clock | None = None) -> int:
+class _Reloader:
+    """Reload requests (SIGHUP, or a changed file with --watch), carried out on the loop thread."""
+
+    def __init__(self, path: Path, runner: Runner, notifier: Notifier, clock: Clock, watch: bool) -> None:
+        self.path = path
+        self.runner = runner
+        self.notifier = notifier
+        self.clock = clock
+        self.requested = threading.Event()
+        self._mtime = self._stat()
+        if watch:
+            threading.Thread(target=self._watch, name="watch", daemon=True).start()
+
+    def _stat(self) -> tuple[float, int] | None:
+        try:
+            st = self.path.stat()
+            return (st.st_mtime, st.st_size)
+        except OSError:
+            return None
+
+    def _watch(self) -> None:
+        while not self.runner.stopping:
+            time.sleep(1.0)
+            current = self._stat()
+            if current is not None and current != self._mtime:
+                self._mtime = current
+                log.info("%s changed: reloading", self.path)
+                self.request()
+
+    def request(self) -> None:
+        self.requested.set()
+        self.runner.wake.set()
+
+    def __call__(self) -> None:
+        if not self.requested.is_set():
+            return
+        self.requested.clear()
+        self.notifier.reloading(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        try:
+            jobs = load_jobs(self.path, now=self.clock.now())
+        except ConfigError as exc:
+            log.error("reload rejected, the old jobs keep running:\n%s", exc)
+        else:
+            added, removed, changed = self.runner.reload(jobs, self.clock.now())
+            log.info("reloaded %s: %d job(s); added %s, removed %s, changed %s", self.path, len(jobs.jobs),
+                     ", ".join(added) or "none", ", ".join(removed) or "none", ", ".join(changed) or "none")
+        self.notifier.ready(_summary(self.runner))
+
+
+def _summary(runner: Runner) -> str:
+    nxt = runner.next_due()
+    when = f"{nxt.job} at {nxt.when.astimezone().isoformat(timespec='seconds')}" if nxt else "nothing scheduled"
+    return f"{len(runner.jobs.jobs)} jobs, {runner.active_count} running, next: {when}"
+
+
+def _recover(history: History, jobs: JobSet, now: datetime) -> None:
+    """Runs left `running` by a dead runner become `interrupted`; their process groups are stopped."""
+    for rec in history.mark_dead_runs(_runner_alive, now):
+        note = ""
+        if rec.pid is not None:
+            spec = jobs.jobs.get(rec.job)
+            if terminate_orphan(rec.pid, rec.id, spec.kill_grace if spec else 10.0):
+                note = f"its process group {rec.pid} was still running and has been terminated"
+                history.note_error(rec.id, note)
+        log.warning("%s: run %d was left running by a runner that died; marked interrupted%s",
+                    rec.job, rec.id, f" ({note})" if note else "")
+
+
+def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch: bool = False,
+        clock: Clock | None = None) -> int:
     """`cronpy run`: validate, take the scheduler lock (or stand by), fire jobs until stopped."""
     setup_logging(verbose)
     clock = clock or SystemClock()
@@ -104,7 +179,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, clock
     history = History.open(sd)
     locks = Locks(sd)
     runner = Runner(jobs, history, locks, clock, output=_print_line)
-    _install_signals(lambda urgent: runner.request_stop(now=urgent))
+    notifier = Notifier()
+    reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
+    _install_signals(lambda urgent: runner.request_stop(now=urgent), reloader.request)
 
     leader = locks.scheduler()
     announced = False
@@ -115,29 +192,41 @@ def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, clock
         except LockHeld as exc:
             if not announced:
                 log.info("standby: %s; taking over when it stops", exc)
+                notifier.ready(f"standby: {exc}")
                 announced = True
-            runner.wake.wait(0.5)
+            # flock is released by the kernel when the holder dies (even by SIGKILL): poll it.
+            runner.wake.wait(0.25)
+            runner.wake.clear()
     if runner.stopping:
+        notifier.stopping()
+        notifier.close()
+        history.close()
         return 0
     try:
-        for rec in history.mark_dead_runs(_pid_alive, clock.now()):
-            log.warning("%s: run %d was left running by a dead runner; marked interrupted", rec.job, rec.id)
+        if announced:
+            log.info("took over the scheduler lock")
+        _recover(history, jobs, clock.now())
         runner.start(clock.now())
-        nxt = runner.next_due()
-        log.info(
-            "cronpy: %d job(s) from %s, state dir %s; next: %s",
-            len(jobs.jobs), jobs.source, sd,
-            f"{nxt.job} at {nxt.when.astimezone().isoformat(timespec='seconds')}" if nxt else "nothing scheduled",
-        )
+        log.info("cronpy: %d job(s) from %s, state dir %s; next: %s", len(jobs.jobs), jobs.source, sd,
+                 _summary(runner).split("next: ", 1)[1])
+        notifier.ready(_summary(runner))
+        notifier.start_watchdog(runner.healthy)
         stop_pruning = threading.Event()
         if jobs.history_retention:
             threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
                              daemon=True, name="prune").start()
-        runner.run_forever()
+
+        def on_wake() -> None:
+            reloader()
+            notifier.status(_summary(runner))
+
+        runner.run_forever(on_wake)
+        notifier.stopping()
         stop_pruning.set()
         log.info("cronpy: stopped")
     finally:
         leader.release()
+        notifier.close()
         history.close()
     return 0
 
@@ -189,7 +278,6 @@ def next_runs(jobs: JobSet, state_dir: Path | None = None) -> dict[str, datetime
 def next_runs_if_readable(file: Path | None) -> dict[str, datetime | None]:
     """next_runs for `stats`, which must still work when the jobs file is missing or broken."""
     from cronpy.paths import find_jobs_file
-    from cronpy.errors import ConfigError
 
     try:
         return next_runs(load_jobs(find_jobs_file(str(file) if file else None)))
