@@ -1,0 +1,223 @@
+"""Exactly once through crashes, takeovers, reloads and signals; systemd integration.
+
+Real runner processes, real SIGKILL/SIGHUP/SIGTERM, a real datagram socket for sd_notify.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from conftest import Harness, jobset, pid_gone, wait_for
+
+from cronpy.errors import HistoryError
+from cronpy.history import History
+from cronpy.models import RunStatus
+
+pytestmark = pytest.mark.slow
+UTC = timezone.utc
+
+
+def runner(jobs: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+    full = dict(os.environ)
+    full.pop("CRONPY_STATE_DIR", None)
+    full.update(env or {})
+    err = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "cronpy", "run", str(jobs), *extra],
+                            stdout=subprocess.DEVNULL, stderr=err, env=full, cwd=jobs.parent)
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    if not db.exists():
+        return []
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def test_runners_sharing_a_state_dir_fire_each_instant_once_across_a_kill_9_takeover(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  tick: {schedule: '* * * * * *', command: 'true'}\n")
+    db = tmp_path / "state" / "history.db"
+    procs = [runner(path, log=tmp_path / f"r{i}.log") for i in range(3)]
+    try:
+        assert wait_for(lambda: len(query(db, "SELECT 1 FROM runs")) >= 3, timeout=20)
+        holder = (tmp_path / "state" / "locks" / "scheduler.holder").read_text()
+        leader = next(p for p in procs if f'"pid": {p.pid}' in holder)
+        killed_at = time.time()
+        leader.kill()  # SIGKILL: no cleanup, the kernel drops its flock
+        leader.wait(10)
+        assert wait_for(lambda: len(query(db, f"SELECT 1 FROM runs WHERE started_at > {killed_at + 1}")) >= 3, 20)
+    finally:
+        stop(*procs)
+    instants = [r[0] for r in query(db, "SELECT scheduled_for FROM runs WHERE trigger = 'schedule' ORDER BY scheduled_for")]
+    assert len(instants) == len(set(instants)), "an instant ran twice"
+    gaps = [b - a for a, b in zip(instants, instants[1:])]
+    assert max(gaps) <= 3.0, f"longest gap {max(gaps)}s exceeds the takeover bound"
+    standby_logs = "".join((tmp_path / f"r{i}.log").read_text() for i in range(3))
+    assert "standby:" in standby_logs and "held by pid" in standby_logs and "took over" in standby_logs
+    with History.open(tmp_path / "state") as h:
+        assert h.integrity_check() == "ok"
+
+
+def test_a_sigkilled_runners_running_row_becomes_interrupted_and_its_job_is_stopped(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  long: {schedule: '* * * * * *', command: 'sleep 300', kill_grace: 1s}\n")
+    db = tmp_path / "state" / "history.db"
+    first = runner(path)
+    try:
+        assert wait_for(lambda: query(db, "SELECT pid FROM runs WHERE pid IS NOT NULL") != [], timeout=20)
+        first.kill()
+        first.wait(10)
+    finally:
+        stop(first)
+    (run_id, job_pid), = query(db, "SELECT id, pid FROM runs")
+    assert not pid_gone(job_pid)  # the job survived its runner: an orphan
+    second = runner(path, log=tmp_path / "second.log")
+    try:
+        assert wait_for(lambda: query(db, f"SELECT status FROM runs WHERE id = {run_id}") == [("interrupted",)], 20)
+        assert wait_for(lambda: pid_gone(job_pid), timeout=10)
+    finally:
+        stop(second)
+    (error,), = query(db, f"SELECT error FROM runs WHERE id = {run_id}")
+    assert "died during the run" in error and f"process group {job_pid}" in error
+    with History.open(tmp_path / "state") as h:
+        assert h.integrity_check() == "ok"
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_schedule_and_a_good_one_takes_effect(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  old: {schedule: '* * * * * *', command: 'true'}\n")
+    db = tmp_path / "state" / "history.db"
+    log = tmp_path / "run.log"
+    proc = runner(path, log=log)
+    try:
+        assert wait_for(lambda: query(db, "SELECT 1 FROM runs WHERE job = 'old'") != [], timeout=20)
+        path.write_text("state_dir: state\njobs:\n  old: {schedule: '* * * * * *', comand: 'true'}\n")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload rejected" in log.read_text(), timeout=10)
+        before = len(query(db, "SELECT 1 FROM runs WHERE job = 'old'"))
+        assert wait_for(lambda: len(query(db, "SELECT 1 FROM runs WHERE job = 'old'")) >= before + 2, timeout=10)
+        assert "jobs.old.comand: unknown job key" in log.read_text()
+        path.write_text("state_dir: state\njobs:\n  new: {schedule: '* * * * * *', command: 'true'}\n")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: query(db, "SELECT 1 FROM runs WHERE job = 'new'") != [], timeout=10)
+        switched = time.time() + 1.5
+        time.sleep(2.5)
+        assert query(db, f"SELECT 1 FROM runs WHERE job = 'old' AND started_at > {switched}") == []
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert "added new, removed old" in log.read_text()
+
+
+def test_watch_reloads_when_the_file_changes(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  a: {schedule: '0 0 1 1 *', command: 'true'}\n")
+    db = tmp_path / "state" / "history.db"
+    proc = runner(path, "--watch")
+    try:
+        time.sleep(1.5)
+        path.write_text("state_dir: state\njobs:\n  b: {schedule: '* * * * * *', command: 'true'}\n")
+        assert wait_for(lambda: query(db, "SELECT 1 FROM runs WHERE job = 'b'") != [], timeout=15)
+    finally:
+        stop(proc)
+
+
+def receive_all(sock: socket.socket, until: str, timeout: float = 20.0) -> list[str]:
+    messages: list[str] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        sock.settimeout(max(0.01, end - time.monotonic()))
+        try:
+            messages.append(sock.recv(4096).decode())
+        except socket.timeout:
+            break
+        if until in messages[-1]:
+            break
+    return messages
+
+
+def test_sd_notify_messages_arrive_in_order_on_a_real_socket(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  a: {schedule: '0 3 * * *', command: 'true'}\n")
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    proc = runner(path, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+    try:
+        first = receive_all(sock, "READY=1")
+        assert any("READY=1" in m and "STATUS=1 jobs, 0 running, next: a at" in m for m in first), first
+        assert f"MAINPID={proc.pid}" in first[-1]
+        pings = receive_all(sock, "never", timeout=1.2)
+        assert sum("WATCHDOG=1" in m for m in pings) >= 3  # every 0.2 s: half of WATCHDOG_USEC
+        proc.send_signal(signal.SIGHUP)
+        reload_msgs = [m for m in receive_all(sock, "READY=1") if "WATCHDOG=1" != m]
+        assert "RELOADING=1" in reload_msgs[0] and "MONOTONIC_USEC=" in reload_msgs[0]
+        assert "READY=1" in reload_msgs[-1]
+        proc.send_signal(signal.SIGTERM)
+        last = receive_all(sock, "STOPPING=1")
+        assert "STOPPING=1" in last[-1]
+        proc.wait(20)
+    finally:
+        stop(proc)
+        sock.close()
+    assert proc.returncode == 0
+
+
+def test_logs_under_the_journal_carry_priorities_and_no_timestamps(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  bad: {schedule: '* * * * * *', command: 'exit 3'}\n")
+    log = tmp_path / "journal.log"
+    proc = runner(path, env={"JOURNAL_STREAM": "8:12345"}, log=log)
+    try:
+        assert wait_for(lambda: "failed in" in log.read_text(), timeout=20)
+    finally:
+        stop(proc)
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("<6>cronpy: 1 job(s) from")
+    assert any(line.startswith("<4>bad: run") and "failed" in line for line in lines)
+    assert not any(line[3:5].isdigit() and line[3:7].isdigit() for line in lines)  # no "2026-…" stamps
+
+
+class FlakyHistory(History):
+    """A real history database whose writes fail a given number of times (a full disk)."""
+
+    failures = 0
+
+    def start_runs(self, runs):  # type: ignore[no-untyped-def]
+        if FlakyHistory.failures > 0:
+            FlakyHistory.failures -= 1
+            raise HistoryError(str(self.path), "database or disk is full")
+        return super().start_runs(runs)
+
+
+def test_a_failing_history_write_does_not_stop_the_job_and_is_written_later(state_dir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    h = Harness(jobset(f"jobs:\n  pay: {{schedule: '0 10 * * *', command: 'touch {marker}'}}\n"), state_dir,
+                datetime(2026, 5, 4, 9, 59, tzinfo=UTC))
+    h.history.close()
+    h.history = h.runner.history = FlakyHistory(state_dir / "history.db")
+    FlakyHistory.failures = 1
+    h.start().step()
+    assert marker.exists()
+    (row,) = h.rows("pay")
+    assert row.status is RunStatus.SUCCESS and row.scheduled_for == datetime(2026, 5, 4, 10, tzinfo=UTC)
+    h.history.close()
