@@ -53,17 +53,29 @@ class Lock:
         # another; is_singleton=False so two Lock objects on one path conflict like processes.
         self._lock = FileLock(str(path), thread_local=False)
         self._held = threading.Event()
+        self._dir_made = False
 
-    def acquire(self, *, wait: float = 0.0, run_id: int | None = None, now: datetime | None = None) -> None:
-        """Take the lock or raise LockHeld naming the holder; `wait` seconds at most."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def acquire(self, *, wait: float = 0.0, run_id: int | None = None, now: datetime | None = None,
+                write_holder: bool = True) -> None:
+        """Take the lock or raise LockHeld naming the holder; `wait` seconds at most.
+
+        A Lock object is not reentrant: taking one this process already holds raises LockHeld,
+        exactly as another process would see it.
+        """
+        if self._held.is_set():
+            holder = self.holder()
+            raise LockHeld(self.what, holder.describe() if holder else None)
+        if not self._dir_made:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._dir_made = True
         try:
             self._lock.acquire(timeout=wait, poll_interval=0.05)
         except Timeout:
             holder = self.holder()
             raise LockHeld(self.what, holder.describe() if holder else None) from None
         self._held.set()
-        self.set_holder(run_id=run_id, now=now)
+        if write_holder:
+            self.set_holder(run_id=run_id, now=now)
 
     def set_holder(self, *, run_id: int | None = None, now: datetime | None = None) -> None:
         when = now or datetime.now(timezone.utc)
@@ -111,9 +123,14 @@ class Locks:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "locks"
+        self._jobs: dict[str, Lock] = {}
 
     def job(self, name: str) -> Lock:
-        return Lock(self.dir / f"job-{_safe(name)}.lock", f"job {name!r}")
+        """The lock of job `name` (one object per job and Locks, reused run after run)."""
+        lock = self._jobs.get(name)
+        if lock is None:
+            lock = self._jobs[name] = Lock(self.dir / f"job-{_safe(name)}.lock", f"job {name!r}")
+        return lock
 
     def scheduler(self) -> Lock:
         return Lock(self.dir / "scheduler.lock", "the scheduler")

@@ -55,6 +55,7 @@ class _Active:
     due: Due
     run_id: int
     lock: Lock | None
+    spec: JobSpec
     attempt: Attempt | None = None
     thread: threading.Thread | None = None
 
@@ -254,9 +255,15 @@ class Runner:
         return any(a.due.job == job for a in self._active.values())
 
     def _dispatch(self, candidates: list[Due], now: datetime) -> list[int]:
+        """Decide, claim in one transaction, then lock and spawn each run back to back.
+
+        The order matters for a burst of due jobs: everything slow (threads, holder files,
+        history updates) happens after the last child has been spawned.
+        """
         jobs = self.jobs.jobs
         candidates.sort(key=lambda d: (-jobs[d.job].priority, d.when, d.seq))
-        to_start: list[tuple[Due, Lock | None]] = []
+        to_start: list[Due] = []
+        prelocked: dict[int, Lock] = {}  # by Due.seq: overlap=queue jobs lock before claiming
         skipped: list[tuple[Due, str]] = []
         slots = self.jobs.max_concurrent - len(self._active)
         starting: set[str] = set()
@@ -275,23 +282,21 @@ class Runner:
             if slots <= 0:
                 heapq.heappush(self._pending, (-spec.priority, d.when, d.seq, d))
                 continue
-            lock = None
-            if d.job in self._prelocked:
-                lock = self._prelocked[d.job]
-            elif spec.overlap is not Overlap.ALLOW:
-                lock = self.locks.job(d.job)
+            if spec.overlap is Overlap.QUEUE and d.job not in self._prelocked:
+                # A queued run waits for a lock held elsewhere instead of being skipped, so it
+                # must not claim its instant before it has the lock.
+                queue_lock = self.locks.job(d.job)
                 try:
-                    lock.acquire(now=now)
-                except LockHeld as exc:
-                    if spec.overlap is Overlap.QUEUE and d.job not in self._queued:
+                    queue_lock.acquire(now=now, write_holder=False)
+                except LockHeld:
+                    if d.job not in self._queued:
                         self._queued[d.job] = d  # retried on the next tick that finds it free
-                        continue
-                    skipped.append((d, f"{exc}"))
                     continue
-            to_start.append((d, lock))
+                prelocked[d.seq] = queue_lock
+            to_start.append(d)
             starting.add(d.job)
             slots -= 1
-        rows = [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id) for d, _ in to_start]
+        rows = [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id) for d in to_start]
         rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
                         RunStatus.SKIPPED, reason) for d, reason in skipped]
         try:
@@ -302,46 +307,61 @@ class Runner:
             # rows when the database takes writes again.
             log.error("HISTORY WRITE FAILED, running %d due run(s) unrecorded for now: %s", len(to_start), exc)
             ids = [-next(self._seq) - 1 for _ in rows]
-        started = []
-        for (d, lock), run_id in zip(to_start, ids[: len(to_start)]):
+        spawned: list[_Active] = []
+        held_elsewhere: list[tuple[Due, int, str]] = []
+        for d, run_id in zip(to_start, ids[: len(to_start)]):
+            lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
             if run_id is None:
                 log.info("%s: instant %s already claimed by another runner; not running it",
                          d.job, d.scheduled_for.isoformat())
-                if lock:
+                if lock is not None and lock is not self._prelocked.get(d.job):
                     lock.release()
                 continue
-            if lock:
-                lock.set_holder(run_id=run_id, now=now)
-            self._start(d, run_id, lock, now)
-            started.append(run_id)
+            spec = jobs[d.job]
+            if lock is None and spec.overlap is Overlap.SKIP:
+                lock = self.locks.job(d.job)
+                try:
+                    lock.acquire(now=now, write_holder=False)
+                except LockHeld as exc:
+                    held_elsewhere.append((d, run_id, str(exc)))
+                    continue
+            spawned.append(self._spawn(spec, d, run_id, lock))
+        for active in spawned:
+            thread = threading.Thread(target=self._run, args=(active,), name=f"run-{active.run_id}", daemon=True)
+            active.thread = thread
+            thread.start()
+        for d, run_id, reason in held_elsewhere:
+            # Claimed, then found running in another process (a `cronpy trigger`): skipped.
+            self._record(lambda r=run_id, why=reason: self.history.finish_run(  # type: ignore[misc]
+                r, RunStatus.SKIPPED, now, duration=0.0, error=why))
+            log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
         for (d, reason), run_id in zip(skipped, ids[len(to_start):]):
             if run_id is not None:
                 log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
-        return started
+        return [a.run_id for a in spawned]
 
-    def _start(self, d: Due, run_id: int, lock: Lock | None, now: datetime) -> None:
-        spec = self.jobs.jobs[d.job]
-        active = _Active(d, run_id, lock)
-        self._active[run_id] = active
-        log.info("%s: started run %d (%s, attempt %d)", d.job, run_id, d.trigger.value, d.attempt)
-        thread = threading.Thread(target=self._run, args=(spec, active), name=f"run-{run_id}", daemon=True)
-        active.thread = thread
-        thread.start()
-
-    def _run(self, spec: JobSpec, active: _Active) -> None:
-        d = active.due
+    def _spawn(self, spec: JobSpec, d: Due, run_id: int, lock: Lock | None) -> _Active:
         sink = None
         if self.output is not None:
             out = self.output
             sink = lambda line: out(spec.name, line)  # noqa: E731
-        ctx = RunContext(spec.name, active.run_id, d.scheduled_for, d.attempt, d.trigger.value)
+        ctx = RunContext(spec.name, run_id, d.scheduled_for, d.attempt, d.trigger.value)
+        active = _Active(d, run_id, lock, spec)
+        active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir)
+        if self._cancel_all:
+            active.attempt.cancel()
+        self._active[run_id] = active
+        log.info("%s: started run %d (%s, attempt %d)", d.job, run_id, d.trigger.value, d.attempt)
+        return active
+
+    def _run(self, active: _Active) -> None:
+        """Watch one spawned attempt to its end (in its own thread), record it, queue a retry."""
+        d, spec, attempt = active.due, active.spec, active.attempt
+        assert attempt is not None
         result: AttemptResult | None = None
         try:
-            attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir)
-            with self._lock:
-                active.attempt = attempt
-                if self._stopping and self._cancel_all:
-                    attempt.cancel()
+            if active.lock is not None:
+                active.lock.set_holder(run_id=active.run_id)
             if attempt.pid is not None and active.run_id > 0:
                 self._record(lambda: self.history.set_pid(active.run_id, attempt.pid or 0))
             result = attempt.wait()
