@@ -51,7 +51,21 @@ def zone(name: str) -> ZoneInfo:
 
 @functools.lru_cache(maxsize=None)
 def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
+    # From the tzdata package, not the host's /usr/share/zoneinfo: the same rules on every
+    # machine, and upgraded with `pip install -U tzdata` rather than with the OS. (ZoneInfo(name)
+    # would prefer the host's files.)
+    if not re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", name):
+        raise ValueError(name)
+    try:
+        from importlib.resources import files
+
+        resource = files("tzdata.zoneinfo").joinpath(*name.split("/"))
+        with resource.open("rb") as fh:
+            return ZoneInfo.from_file(fh, key=name)
+    except ModuleNotFoundError:
+        return ZoneInfo(name)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise ZoneInfoNotFoundError(name) from None
 
 
 def parse_schedule(text: str) -> Cron | Every:
@@ -105,6 +119,14 @@ class CronFields:
         return dom_ok or dow_ok
 
 
+_ONE_VALUE_RANGE = re.compile(r"(?<![\w#])(\w+)-\1(?:/\d+)?(?![\w-])", re.IGNORECASE)
+
+
+def _normalise(field: str) -> str:
+    # croniter expands a one-value range such as `2-2` to `*` (every value): write it as `2`.
+    return _ONE_VALUE_RANGE.sub(r"\1", field)
+
+
 def _expand(values: list[int | str], full: range) -> tuple[int, ...]:
     if values == ["*"]:
         return tuple(full)
@@ -115,7 +137,7 @@ def _expand(values: list[int | str], full: range) -> tuple[int, ...]:
 def _compile(expr: str, hash_id: str) -> CronFields:
     from croniter import CroniterError, croniter  # deferred: ~70 ms to import
 
-    fields = expr.split()
+    fields = [_normalise(f) for f in expr.split()]
     if len(fields) not in (5, 6):
         raise ValueError(f"a cron expression has 5 fields (6 with leading seconds), got {len(fields)}: {expr!r}")
     if len(fields) == 6:
@@ -124,7 +146,7 @@ def _compile(expr: str, hash_id: str) -> CronFields:
         sec_field, rest = "0", fields
     try:
         expanded, nth = croniter.expand(
-            " ".join(rest + [sec_field]) if len(fields) == 6 else expr,
+            " ".join(rest + [sec_field] if len(fields) == 6 else rest),
             hash_id=hash_id.encode() if hash_id else None,
         )
     except CroniterError as exc:

@@ -274,3 +274,16 @@ def test_runner_walks_dst_nights_and_records_what_cron8_says(state_dir: Path) ->
     assert wild == ["2026-10-25T00:00:00+00:00", "2026-10-25T00:30:00+00:00",  # 01:00, 01:30 BST
                     "2026-10-25T01:00:00+00:00", "2026-10-25T01:30:00+00:00"]  # 01:00, 01:30 GMT
     autumn.history.close()
+
+
+def test_a_clock_step_back_never_repeats_an_instant_already_run(state_dir: Path) -> None:
+    jobs = jobset('jobs:\n  m: {schedule: "* * * * *", command: "true"}\n')
+    h = Harness(jobs, state_dir, T0).start()
+    h.run_until(datetime(2026, 5, 4, 10, 2, 30, tzinfo=UTC))  # 10:00, 10:01, 10:02
+    h.runner.shutdown(0), h.history.close()
+    # NTP steps the clock back five minutes and the runner restarts: 10:00-10:02 come due again.
+    again = Harness(jobs, state_dir, datetime(2026, 5, 4, 9, 57, 30, tzinfo=UTC)).start()
+    again.run_until(datetime(2026, 5, 4, 10, 3, 30, tzinfo=UTC))
+    times = [r.scheduled_for.strftime("%H:%M") for r in again.rows("m") if r.status is RunStatus.SUCCESS]  # type: ignore[union-attr]
+    assert times == ["10:00", "10:01", "10:02", "09:58", "09:59", "10:03"]
+    again.runner.shutdown(0), again.history.close()

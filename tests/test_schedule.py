@@ -160,3 +160,37 @@ def test_wildcard_classification_follows_cron8() -> None:
     assert compile_cron("0 * * * *", "j").wildcard
     assert not compile_cron("0,30 2 * * *", "j").wildcard
     assert not compile_cron("30 2 * * 1-5", "j").wildcard
+
+
+def test_a_one_value_range_means_that_value_not_every_value() -> None:
+    # croniter expands `2-2` to `*`; cronpy must not inherit that.
+    assert upcoming(job("0 0 2-2 * *"), utc("2026-01-01T00:00:00"), 2) == [utc("2026-01-02T00:00:00"), utc("2026-02-02T00:00:00")]
+    assert upcoming(job("30 4-4 * * MON-MON"), utc("2026-01-01T00:00:00"), 1) == [utc("2026-01-05T04:30:00")]
+
+
+def test_zones_come_from_the_tzdata_package_not_the_host() -> None:
+    import zoneinfo
+
+    from cronpy import schedule
+
+    schedule._zone.cache_clear()
+    zoneinfo.reset_tzpath(to=[])  # as on a machine without /usr/share/zoneinfo
+    try:
+        assert iso(upcoming(job("30 1 * * *", "Europe/London"), utc("2026-03-28T12:00:00"), 1), "Europe/London") == [
+            "2026-03-29T02:00:00+01:00"]
+    finally:
+        zoneinfo.reset_tzpath()
+        schedule._zone.cache_clear()
+
+
+@pytest.mark.parametrize("expr,start,expected", [
+    # --from 01:30 on London's spring-forward night does not exist: read as 01:30 GMT (= 02:30 BST)
+    ("0 * * * *", "2026-03-29T01:30:00", ["2026-03-29T03:00:00+01:00"]),
+    # --from 01:30 in the repeated hour is the first pass (fold=0): a fixed 01:45 job still runs then
+    ("45 1 * * *", "2026-10-25T01:30:00", ["2026-10-25T01:45:00+01:00", "2026-10-26T01:45:00+00:00"]),
+])
+def test_from_inside_a_skipped_or_repeated_hour(expr: str, start: str, expected: list[str]) -> None:
+    from zoneinfo import ZoneInfo
+
+    naive = datetime.fromisoformat(start).replace(tzinfo=ZoneInfo("Europe/London"))
+    assert iso(upcoming(job(expr, "Europe/London"), naive, len(expected)), "Europe/London") == expected
