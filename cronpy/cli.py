@@ -226,8 +226,9 @@ def list_jobs(
         from cronpy import render, service
 
         jobs = _load(file)
-        render.job_list(list(jobs.jobs.values()), service.next_runs(jobs),
-                        service.last_runs(jobs, state_dir), as_json=as_json)
+        words = {n: service.describe(s.schedule) for n, s in jobs.jobs.items()}
+        render.job_list(list(jobs.jobs.values()), service.next_runs(jobs, state_dir),
+                        service.last_runs(jobs, state_dir), words, as_json=as_json)
 
     _guard(body)
 

@@ -26,7 +26,7 @@ from cronpy.executor import terminate_orphan
 from cronpy.history import History
 from cronpy.locks import Locks
 from cronpy.notify import Notifier
-from cronpy.models import JobSet, JobSpec, RunRecord, RunStatus
+from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
 from cronpy.runner import Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
 
@@ -294,16 +294,30 @@ def last_runs(jobs: JobSet, state_dir: Path | None) -> dict[str, RunRecord]:
         return {}
 
 
-def describe(expr: str) -> str | None:
-    """The expression in words, when cron-descriptor is installed."""
-    try:
-        from cron_descriptor import get_description
-    except ImportError:
+def describe(sched: Schedule | None) -> str | None:
+    """The schedule in words ("At 03:00, Monday through Friday"), or None if it cannot say."""
+    if sched is None:
         return None
+    if isinstance(sched, Every):
+        return f"Every {_whole(sched.seconds)}"
+    if isinstance(sched, At):
+        return f"Once, at {sched.when.isoformat(timespec='minutes')}"
+    from cron_descriptor import ExpressionDescriptor, Options  # deferred: ~70 ms to import
+
+    options = Options()
+    options.use_24hour_time_format = True
+    options.verbose = False
     try:
-        return str(get_description(expr))
-    except Exception:
+        return str(ExpressionDescriptor(sched.expr, options).get_description())
+    except Exception:  # cron-descriptor knows no `H`; the expression speaks for itself then
         return None
+
+
+def _whole(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
@@ -324,14 +338,13 @@ def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list
 
 
 def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], str | None]:
-    from cronpy.models import Cron
     from cronpy.schedule import zone
 
     if start.tzinfo is None:
         start = start.replace(tzinfo=zone(spec.timezone))
     tz = zone(spec.timezone)
     times = [t.astimezone(tz) for t in upcoming(spec, start, count)]
-    words = describe(spec.schedule.expr) if isinstance(spec.schedule, Cron) else None
+    words = describe(spec.schedule)
     if words:
         words = f"{words} ({spec.timezone})"
     return times, words

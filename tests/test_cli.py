@@ -222,3 +222,37 @@ def test_help_has_an_example_for_every_command() -> None:
     for command in ("run", "trigger", "history", "show", "stats", "list", "next", "validate"):
         out = cronpy(command, "--help")
         assert out.returncode == 0 and "Example: cronpy" in out.stdout, command
+
+
+def on_terminal(*args: str, cwd: Path | None = None) -> str:
+    """Run the CLI with a pseudo-terminal as stdout (as a person would) and return the screen text."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="200", TERM="xterm")
+    proc = subprocess.Popen([sys.executable, "-m", "cronpy", *args], stdout=slave, stderr=slave, cwd=cwd, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(30)
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_next_and_list_show_schedules_in_words_on_a_terminal(jobs_file) -> None:
+    path = jobs_file('timezone: Europe/Lisbon\njobs:\n  r: {schedule: "0 3 * * 1-5", command: x}\n  i: {schedule: 90m, command: y}\n')
+    screen = on_terminal("next", "r", "-f", str(path), "-n", "1", "--from", "2026-01-01T00:00:00+00:00")
+    assert "# At 03:00, Monday through Friday (Europe/Lisbon)" in screen
+    assert "2026-01-01T03:00:00+00:00" in screen
+    listing = on_terminal("list", "-f", str(path))
+    assert "At 03:00, Monday through Friday" in listing and "Every 90m" in listing
+    assert "│" in listing or "┃" in listing or "━" in listing  # a rich table, not tab-separated text
+    piped = cronpy("next", "r", "-f", str(path), "-n", "1", "--from", "2026-01-01T00:00:00+00:00")
+    assert piped.stdout == "2026-01-01T03:00:00+00:00\n"  # piped: only the instants, for scripts
