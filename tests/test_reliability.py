@@ -20,7 +20,7 @@ from conftest import Harness, jobset, pid_gone, wait_for
 
 from cronpy.errors import HistoryError
 from cronpy.history import History
-from cronpy.models import RunStatus
+from cronpy.models import RunStatus, Trigger
 
 pytestmark = pytest.mark.slow
 UTC = timezone.utc
@@ -221,3 +221,80 @@ def test_a_failing_history_write_does_not_stop_the_job_and_is_written_later(stat
     (row,) = h.rows("pay")
     assert row.status is RunStatus.SUCCESS and row.scheduled_for == datetime(2026, 5, 4, 10, tzinfo=UTC)
     h.history.close()
+
+
+def test_the_sample_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    import shutil
+
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is needed (Debian package systemd; .ci/run installs it)"
+    unit = (Path(__file__).resolve().parent.parent / "packaging" / "cronpy.service").read_text()
+    for line in ("Type=notify", "KillMode=mixed", "StateDirectory=cronpy", "Restart=on-failure",
+                 "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=", "NoNewPrivileges=yes"):
+        assert line in unit, line
+    # verify checks that ExecStart's binary exists: point it at this environment's cronpy.
+    binary = shutil.which("cronpy") or str(Path(sys.executable).parent / "cronpy")
+    local = unit.replace("/usr/local/bin/cronpy", binary).replace("WorkingDirectory=/etc/cronpy", f"WorkingDirectory={tmp_path}")
+    (tmp_path / "cronpy.service").write_text(local)
+    result = subprocess.run([analyze, "verify", str(tmp_path / "cronpy.service")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "cronpy.service" not in result.stderr, result.stderr
+
+
+def test_a_second_sigint_stops_running_jobs_at_once_and_records_them(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\nshutdown_grace: 60s\njobs:\n  long: {schedule: '* * * * * *', command: 'sleep 60', kill_grace: 1s}\n")
+    db = tmp_path / "state" / "history.db"
+    proc = runner(path)
+    try:
+        assert wait_for(lambda: query(db, "SELECT 1 FROM runs WHERE pid IS NOT NULL") != [], timeout=20)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert proc.poll() is None  # the first SIGINT waits for the running job (grace: 60 s)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        assert time.monotonic() - started < 10
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert query(db, "SELECT status FROM runs") == [("interrupted",)]
+
+
+def test_concurrent_writers_and_readers_never_see_database_is_locked(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n" + "".join(
+        f"  j{i}: {{schedule: '* * * * * *', command: 'true', overlap: allow}}\n" for i in range(8)) +
+        "  manual: {command: 'true', overlap: allow}\n")
+    db = tmp_path / "state" / "history.db"
+    log = tmp_path / "run.log"
+    proc = runner(path, log=log)
+    try:
+        assert wait_for(lambda: query(db, "SELECT 1 FROM runs") != [], timeout=20)
+        env = dict(os.environ, CRONPY_FILE=str(path))
+        env.pop("CRONPY_STATE_DIR", None)
+        clients = [subprocess.Popen([sys.executable, "-m", "cronpy", *args], env=env, cwd=tmp_path,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                   for args in [("trigger", "manual")] * 6 + [("history", "--limit", "5")] * 4 + [("stats",)] * 2]
+        errors = [c.communicate(timeout=60)[1] for c in clients]
+        assert [c.returncode for c in clients] == [0] * len(clients), errors
+    finally:
+        stop(proc)
+    assert "locked" not in log.read_text() and not any("locked" in e for e in errors)
+    assert len(query(db, "SELECT 1 FROM runs WHERE job = 'manual' AND status = 'success'")) == 6
+    with History.open(tmp_path / "state") as h:
+        assert h.integrity_check() == "ok"
+
+
+def test_history_retention_prunes_old_runs_in_the_background(jobs_file, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with History.open(state) as h:
+        old = datetime(2020, 1, 1, tzinfo=UTC)
+        for _ in range(3):
+            run_id = h.start_run("gone", Trigger.MANUAL, old)
+            h.finish_run(run_id, RunStatus.SUCCESS, old, duration=1.0)  # type: ignore[arg-type]
+    path = jobs_file("state_dir: state\nhistory_retention: 7d\njobs:\n  a: {schedule: '0 0 1 1 *', command: 'true'}\n")
+    proc = runner(path, log=tmp_path / "run.log")
+    try:
+        assert wait_for(lambda: query(state / "history.db", "SELECT 1 FROM runs WHERE job = 'gone'") == [], timeout=20)
+    finally:
+        stop(proc)
+    assert "pruned 3 run(s)" in (tmp_path / "run.log").read_text()
