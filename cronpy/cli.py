@@ -101,6 +101,9 @@ def run(
     jobs_file: Annotated[Path, typer.Argument(help="The jobs file.", show_default=False)],
     state_dir: StateDirOpt = None,
     watch: Annotated[bool, typer.Option("--watch", help="Reload when the jobs file changes (as on SIGHUP).")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option(
+        "--metrics-port", help="Serve Prometheus metrics on this port (needs the `metrics` extra).")] = None,
+    metrics_address: Annotated[str, typer.Option("--metrics-address", help="Address for --metrics-port.")] = "127.0.0.1",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
 ) -> None:
     """Run the jobs of JOBS_FILE on their schedules, in the foreground, until SIGINT/SIGTERM.
@@ -113,7 +116,8 @@ def run(
     """
     from cronpy import service
 
-    _guard(lambda: service.run(jobs_file, state_dir, verbose=verbose, watch=watch))
+    _guard(lambda: service.run(jobs_file, state_dir, verbose=verbose, watch=watch, metrics_port=metrics_port,
+                               metrics_address=metrics_address))
 
 
 @app.command()
@@ -123,6 +127,7 @@ def trigger(
     state_dir: StateDirOpt = None,
     wait: Annotated[float, typer.Option(
         "--wait", help="If the job is running elsewhere, wait up to this many seconds for it.")] = 0.0,
+    chain: Annotated[bool, typer.Option("--chain", help="Then run the jobs `after:` it, as the runner would.")] = False,
 ) -> None:
     """Run job NAME now in the foreground (with its retries, timeout and lock) and exit with its status.
 
@@ -132,7 +137,7 @@ def trigger(
     """
     from cronpy import service
 
-    _guard(lambda: service.trigger(_load(file), name, state_dir, wait=wait))
+    _guard(lambda: service.trigger(_load(file), name, state_dir, wait=wait, chain=chain))
 
 
 @app.command()
@@ -207,7 +212,8 @@ def stats(
         sd = _state_dir_for_reading(file, state_dir)
         with History.open(sd, readonly=True) as h:
             items = h.stats(name, since=_since(since))
-        render.stats(items, service.next_runs_if_readable(file), as_json=as_json)
+            recent = {s.job: h.recent(s.job) for s in items} if render.is_terminal() and not as_json else {}
+        render.stats(items, service.next_runs_if_readable(file), recent, as_json=as_json)
 
     _guard(body)
 
@@ -267,6 +273,80 @@ def next_(
         render.instants(times, as_json=as_json, description=words)
 
     _guard(body)
+
+
+@app.command()
+def pause(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None) -> None:
+    """Stop the schedule from firing job NAME (a running runner notices at once); `trigger` still runs it.
+
+    Example: cronpy pause backup
+    """
+    from cronpy import service
+
+    _guard(lambda: _say(service.pause(_load(file), name, state_dir)))
+
+
+@app.command()
+def resume(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None) -> None:
+    """Let the schedule fire job NAME again.
+
+    Example: cronpy resume backup
+    """
+    from cronpy import service
+
+    _guard(lambda: _say(service.resume(_load(file), name, state_dir)))
+
+
+@app.command()
+def cancel(
+    target: Annotated[str, typer.Argument(help="A job name (all its runs in progress) or a run id.",
+                                          autocompletion=_complete_jobs, show_default=False)],
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Stop a run in progress: SIGTERM to its process group, SIGKILL after the job's kill_grace.
+
+    The run is recorded as cancelled and not retried. Exit status 1 if nothing was running.
+
+    Example: cronpy cancel backup
+    """
+    from cronpy import service
+
+    _guard(lambda: _say(*service.cancel(_load(file), target, state_dir)))
+
+
+@app.command()
+def status(file: FileOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Which runner schedules (pid, host, since), runs in progress, next due runs, latest failures.
+
+    Reads only the state dir, so it works beside a runner started by another user or unit.
+
+    Example: cronpy status --state-dir /var/lib/cronpy
+    """
+    def body() -> None:
+        from cronpy import render, service
+
+        render.status(service.status(file, state_dir), as_json=as_json)
+
+    _guard(body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the jobs file, for editors.
+
+    Example: cronpy schema > jobs.schema.json, then `# yaml-language-server: $schema=jobs.schema.json`
+    """
+    import json
+
+    from cronpy.schema import jobs_file_schema
+
+    sys.stdout.write(json.dumps(jobs_file_schema(), indent=2) + "\n")
+
+
+def _say(*lines: str) -> None:
+    for line in lines:
+        sys.stdout.write(line + "\n")
 
 
 @app.command()

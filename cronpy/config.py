@@ -27,7 +27,7 @@ TOP_KEYS = {"timezone", "state_dir", "max_concurrent", "history_retention", "shu
 JOB_KEYS = {
     "description", "schedule", "at", "command", "python", "args", "kwargs", "enabled", "timezone",
     "timeout", "kill_grace", "retries", "backoff", "env", "cwd", "run_on_start", "overlap",
-    "priority", "jitter", "catch_up",
+    "priority", "jitter", "catch_up", "after", "on_failure", "on_success", "on_retry", "ping", "webhook",
 }
 BACKOFF_KEYS = {"initial", "factor", "max", "jitter"}
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -227,6 +227,7 @@ class _Checker:
                 spec = self.job(str(name), body, defaults, tz)
                 if spec is not None:
                     jobs[spec.name] = spec
+        self.chains(jobs, raw_jobs if isinstance(raw_jobs, dict) else {})
         return JobSet(
             jobs=jobs, timezone=tz, state_dir=state_dir, max_concurrent=max_conc,
             history_retention=retention, shutdown_grace=grace if grace is not None else 30.0,
@@ -341,6 +342,29 @@ class _Checker:
         description = ""
         if "description" in merged and self.typed(merged["description"], where("description"), str, "text"):
             description = merged["description"]
+        hooks: dict[str, str | None] = {}
+        for key in ("on_failure", "on_success", "on_retry"):
+            value = merged.get(key)
+            if value is not None and self.typed(value, where(key), str, "a shell command"):
+                hooks[key] = value
+        urls: dict[str, str | None] = {}
+        for key in ("ping", "webhook"):
+            value = merged.get(key)
+            if value is None:
+                continue
+            if isinstance(value, str) and re.match(r"^https?://[^\s/]+", value):
+                urls[key] = value.rstrip("/") if key == "ping" else value
+            else:
+                self.err(where(key), f"expected an http:// or https:// URL, got {_describe(value)}")
+        after: tuple[str, ...] = ()
+        if "after" in body:
+            raw_after = body["after"]
+            if isinstance(raw_after, str):
+                raw_after = [raw_after]
+            if isinstance(raw_after, list) and raw_after and all(isinstance(a, str) for a in raw_after):
+                after = tuple(raw_after)
+            else:
+                self.err(path + ("after",), "expected a job name or a list of job names")
         if not ok or None in (kill_grace, retries, backoff, priority, jitter):
             return None
         assert kill_grace is not None and retries is not None and backoff is not None
@@ -349,8 +373,38 @@ class _Checker:
             description=description, enabled=bools.get("enabled", True), timezone=tz, timeout=timeout,
             kill_grace=kill_grace, retries=retries, backoff=backoff, env=env, cwd=cwd,
             run_on_start=bools.get("run_on_start", False), overlap=overlap, priority=priority or 0,
-            jitter=jitter or 0.0, catch_up=bools.get("catch_up", False), line=self.doc.line(*path),
+            jitter=jitter or 0.0, catch_up=bools.get("catch_up", False), after=after,
+            on_failure=hooks.get("on_failure"), on_success=hooks.get("on_success"), on_retry=hooks.get("on_retry"),
+            ping=urls.get("ping"), webhook=urls.get("webhook"), line=self.doc.line(*path),
         )
+
+    def chains(self, jobs: Mapping[str, JobSpec], raw_jobs: Mapping[str, Any]) -> None:
+        """`after:` names must exist, and following them must never lead back to the start."""
+        names = set(raw_jobs)
+        for spec in jobs.values():
+            for dep in spec.after:
+                if dep not in names:
+                    self.err(("jobs", spec.name, "after"), f"no job named {dep!r}{_did_you_mean(dep, names)}")
+                elif dep == spec.name:
+                    self.err(("jobs", spec.name, "after"), "a job cannot run after itself")
+        # Depth-first search for a cycle; report it once, on the job where it was found.
+        state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+        def visit(name: str, trail: list[str]) -> None:
+            state[name] = 1
+            for dep in jobs[name].after if name in jobs else ():
+                if dep not in jobs or dep == name:
+                    continue
+                if state.get(dep) == 1:
+                    cycle = trail[trail.index(dep):] + [dep] if dep in trail else [name, dep]
+                    self.err(("jobs", name, "after"), "a cycle: " + " -> ".join(reversed(cycle)))
+                elif dep not in state:
+                    visit(dep, trail + [dep])
+            state[name] = 2
+
+        for name in jobs:
+            if name not in state:
+                visit(name, [name])
 
     def backoff(self, raw: Any, path: tuple[Any, ...]) -> Backoff | None:
         if raw is None:

@@ -289,8 +289,9 @@ def _is_run_process(pid: int, run_id: int) -> bool:
     return f"CRONPY_RUN_ID={run_id}".encode() in environ
 
 
-def terminate_orphan(pid: int, run_id: int, grace: float) -> bool:
-    """Stop the process group a dead runner left behind; True if there was one to stop.
+def terminate_run(pid: int, run_id: int, grace: float) -> bool:
+    """Stop a run's process group from outside its runner (a dead runner's orphan, `cronpy
+    cancel`): TERM, then KILL after `grace`. True if there was one to stop.
 
     The pid is checked to still be that run's group leader (its environment carries the run
     id), so a recycled pid is never signalled.

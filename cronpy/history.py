@@ -92,6 +92,12 @@ MIGRATIONS: list[str] = [
             WHERE job = OLD.job AND status = OLD.status;
     END;
     """,
+    # 3: operator controls that outlive a runner: paused jobs and cancel requests.
+    """
+    CREATE TABLE paused (job TEXT PRIMARY KEY, since REAL NOT NULL, host TEXT, pid INTEGER) WITHOUT ROWID;
+    CREATE TABLE cancel_requests (run_id INTEGER PRIMARY KEY, at REAL NOT NULL);
+    CREATE INDEX runs_job_id ON runs (job, id);
+    """,
 ]
 
 COLUMNS = (
@@ -331,6 +337,43 @@ class History:
             cur = db.execute("DELETE FROM runs WHERE started_at < ? AND status != 'running'", (_ts(before),))
             return cur.rowcount
 
+    def pause(self, job: str, now: datetime) -> bool:
+        """Pause a job (its schedule stops firing; `trigger` still runs it); False if it was paused."""
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO paused (job, since, host, pid) VALUES (?, ?, ?, ?)",
+                             (job, _ts(now), HOST, os.getpid()))
+            return cur.rowcount == 1
+
+    def resume(self, job: str) -> bool:
+        """Resume a paused job; False if it was not paused."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM paused WHERE job = ?", (job,)).rowcount == 1
+
+    def paused(self) -> dict[str, datetime]:
+        """Paused jobs and since when."""
+        return {job: _dt(since) for job, since in self._read("SELECT job, since FROM paused")}  # type: ignore[misc]
+
+    def request_cancel(self, run_id: int, now: datetime) -> None:
+        """Note that run `run_id` is being cancelled, so its runner records `cancelled`, not `failed`."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO cancel_requests (run_id, at) VALUES (?, ?)", (run_id, _ts(now)))
+
+    def cancel_requested(self, run_id: int) -> bool:
+        return bool(self._read("SELECT 1 FROM cancel_requests WHERE run_id = ?", (run_id,)))
+
+    def last_success_started(self, job: str) -> datetime | None:
+        """When the job's latest successful run started."""
+        rows = self._read("SELECT max(started_at) FROM runs WHERE job = ? AND status = 'success'", (job,))
+        return _dt(rows[0][0]) if rows else None
+
+    def last_started(self, job: str, *, trigger: Trigger | None = None) -> datetime | None:
+        """When the job's latest run (of `trigger`, if given) started."""
+        if trigger is None:
+            rows = self._read("SELECT max(started_at) FROM runs WHERE job = ? AND status != 'skipped'", (job,))
+        else:
+            rows = self._read("SELECT max(started_at) FROM runs WHERE job = ? AND trigger = ?", (job, trigger.value))
+        return _dt(rows[0][0]) if rows else None
+
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, run_id: int) -> RunRecord:
@@ -338,6 +381,11 @@ class History:
         if not rows:
             raise RunNotFound(run_id)
         return _row(rows[0])
+
+    def running_of(self, job: str) -> list[RunRecord]:
+        """The job's runs in progress (any runner, any `cronpy trigger`)."""
+        return [_row(r) for r in self._read(
+            f"SELECT {COLUMNS} FROM runs WHERE status = 'running' AND job = ? ORDER BY id", (job,))]
 
     def query(
         self,
@@ -386,6 +434,12 @@ class History:
             (job,),
         )
         return _dt(rows[0][0]) if rows else None
+
+    def recent(self, job: str, count: int = 20) -> list[tuple[RunStatus, float | None]]:
+        """The job's latest `count` runs as (status, duration), oldest first (stats marks)."""
+        rows = self._read("SELECT status, duration FROM runs INDEXED BY runs_job_id WHERE job = ?"
+                          " ORDER BY id DESC LIMIT ?", (job, count))
+        return [(RunStatus(st), d) for st, d in reversed(rows)]
 
     def running(self) -> list[RunRecord]:
         return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM runs WHERE status = 'running' ORDER BY id")]

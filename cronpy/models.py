@@ -18,6 +18,7 @@ class RunStatus(enum.StrEnum):
     TIMEOUT = "timeout"  #: killed after exceeding its `timeout`
     INTERRUPTED = "interrupted"  #: stopped by a shutdown, or found running after its runner died
     SKIPPED = "skipped"  #: due, but not run (overlap, lock held elsewhere); `error` says why
+    CANCELLED = "cancelled"  #: stopped by `cronpy cancel`; not retried
 
     @property
     def finished(self) -> bool:
@@ -32,6 +33,7 @@ class Trigger(enum.StrEnum):
     RETRY = "retry"  #: an earlier attempt of the same run failed
     START = "start"  #: `run_on_start: true` when the runner started
     CATCHUP = "catchup"  #: fired once after downtime for instants missed (`catch_up: true`)
+    DEPENDENCY = "dependency"  #: every job in its `after:` list succeeded since its last run
 
 
 class Overlap(enum.StrEnum):
@@ -108,6 +110,12 @@ class JobSpec:
     priority: int = 0
     jitter: float = 0.0
     catch_up: bool = False
+    after: tuple[str, ...] = ()  #: run when each of these jobs has succeeded since this one last ran
+    on_failure: str | None = None  #: shell commands run after a run ends (values in the environment)
+    on_success: str | None = None
+    on_retry: str | None = None
+    ping: str | None = None  #: healthchecks.io-style URL: /start, success, /fail or /<exit code>
+    webhook: str | None = None  #: a JSON POST of each finished run
     line: int | None = None  #: where the job is defined in its file
 
     @property

@@ -18,6 +18,7 @@ STATUS_STYLE = {
     RunStatus.INTERRUPTED: "yellow",
     RunStatus.SKIPPED: "dim",
     RunStatus.RUNNING: "cyan",
+    RunStatus.CANCELLED: "magenta",
 }
 HEALTH_STYLE = {"healthy": "green", "warning": "yellow", "unhealthy": "red", "unknown": "dim"}
 
@@ -103,7 +104,8 @@ def run_detail(r: RunRecord, *, as_json: bool) -> None:
     sys.stdout.write(f"\n--- output (tail) ---\n{(r.output or '').rstrip()}\n")
 
 
-def stats(items: Sequence[JobStats], next_runs: dict[str, datetime | None], *, as_json: bool) -> None:
+def stats(items: Sequence[JobStats], next_runs: dict[str, datetime | None],
+          recent: dict[str, list[tuple[RunStatus, float | None]]], *, as_json: bool) -> None:
     if as_json:
         print_json([{
             "job": s.job, "runs": s.runs, "successes": s.successes, "failures": s.failures,
@@ -113,14 +115,22 @@ def stats(items: Sequence[JobStats], next_runs: dict[str, datetime | None], *, a
             "next_run": (n.isoformat() if (n := next_runs.get(s.job)) else None), "health": s.health,
         } for s in items])
         return
-    table(None, ["Job", "Runs", "OK", "Failed", "Timeout", "Success", "Mean", "p50", "p95", "Max",
-                 "Last run", "Last", "Next run", "Health"], (
+    headers = ["Job", "Runs", "OK", "Failed", "Timeout", "Success", "Mean", "p50", "p95", "Max",
+               "Last run", "Last", "Next run", "Health"]
+    rows = [
         [s.job, str(s.runs), str(s.successes), str(s.failures), str(s.timeouts),
          "-" if s.success_rate is None else f"{s.success_rate:.1%}", dur(s.mean), dur(s.p50), dur(s.p95),
          dur(s.max), local(s.last_started), _status(s.last_status), local(next_runs.get(s.job)),
          f"[{HEALTH_STYLE[s.health]}]{s.health}[/]"]
         for s in items
-    ))
+    ]
+    if recent:  # a terminal: the latest outcomes as marks, their durations as a sparkline
+        headers += ["Recent", "Durations"]
+        for row, s in zip(rows, items):
+            runs = recent.get(s.job, [])
+            row += [marks([st for st, _ in runs]),
+                    sparkline([d for st, d in runs if d is not None and st is not RunStatus.SKIPPED])]
+    table(None, headers, rows)
 
 
 def job_list(specs: Sequence[JobSpec], next_runs: dict[str, datetime | None],
@@ -150,3 +160,63 @@ def instants(times: Sequence[datetime], *, as_json: bool, description: str | Non
         sys.stdout.write(f"# {description}\n")
     for t in times:
         sys.stdout.write(t.isoformat() + "\n")
+
+
+def status(st: Any, *, as_json: bool) -> None:
+    """`cronpy status` (st is a service.Status)."""
+    failures = sorted(st.failures, key=lambda r: r.id, reverse=True)[:5]
+    now = datetime.now().astimezone()
+    if as_json:
+        print_json({
+            "state_dir": str(st.state_dir),
+            "scheduler": None if not st.scheduler_live else {
+                "pid": st.scheduler.pid if st.scheduler else None,
+                "host": st.scheduler.host if st.scheduler else None,
+                "since": st.scheduler.since.isoformat() if st.scheduler else None},
+            "next": (st.runner or {}).get("next", []),
+            "running": [dict(r.to_json(with_output=False), elapsed=(now - r.started_at).total_seconds())
+                        for r in st.running if r.started_at],
+            "paused": {job: since.isoformat() for job, since in st.paused.items()},
+            "latest_failures": [r.to_json(with_output=False) for r in failures],
+        })
+        return
+    out = sys.stdout.write
+    if st.scheduler_live and st.scheduler:
+        out(f"scheduler: pid {st.scheduler.pid} on {st.scheduler.host} since {local(st.scheduler.since)}\n")
+    elif st.scheduler_live:
+        out("scheduler: running (holder unknown)\n")
+    else:
+        out(f"scheduler: no runner holds the scheduler lock of {st.state_dir}\n")
+    if st.paused:
+        out("paused: " + ", ".join(f"{j} (since {local(t)})" for j, t in sorted(st.paused.items())) + "\n")
+    out("\n")
+    table("Running", ["ID", "Job", "Started", "Elapsed", "PID", "Host"], (
+        [str(r.id), r.job, local(r.started_at), dur((now - r.started_at).total_seconds()) if r.started_at else "-",
+         str(r.pid or "-"), r.host or "-"] for r in st.running))
+    out("\n")
+    nxt = (st.runner or {}).get("next", [])
+    table("Next due", ["Job", "At", "Trigger"], (
+        [n["job"], local(datetime.fromisoformat(n["at"])), n["trigger"]] for n in nxt))
+    out("\n")
+    table("Latest failures", ["ID", "Job", "Status", "Started", "Error"], (
+        [str(r.id), r.job, _status(r.status), local(r.started_at),
+         (r.error or "").strip().splitlines()[-1][:80] if r.error else ""] for r in failures))
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float]) -> str:
+    """Durations as a row of block characters, scaled between their min and max."""
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * len(SPARK)))] for v in values)
+
+
+def marks(statuses: Sequence[RunStatus]) -> str:
+    """Recent outcomes, oldest first, as coloured marks."""
+    glyph = {RunStatus.SUCCESS: "●", RunStatus.FAILED: "✖", RunStatus.TIMEOUT: "⧗", RunStatus.SKIPPED: "·",
+             RunStatus.INTERRUPTED: "!", RunStatus.CANCELLED: "⊘", RunStatus.RUNNING: "…"}
+    return "".join(f"[{STATUS_STYLE[s]}]{glyph[s]}[/]" for s in statuses)

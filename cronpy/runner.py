@@ -18,14 +18,15 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Sequence
 
 from cronpy.clock import Clock
 from cronpy.errors import CronpyError, LockHeld
 from cronpy.executor import Attempt, AttemptResult, RunContext
-from cronpy.history import History, NewRun
+from cronpy.history import HOST, History, NewRun
+from cronpy.integrations import Observer
 from cronpy.locks import Lock, Locks
-from cronpy.models import At, Every, JobSet, JobSpec, Overlap, RunStatus, Trigger
+from cronpy.models import At, Every, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
 from cronpy.schedule import latest_fire, next_fire
 
 log = logging.getLogger("cronpy")
@@ -56,6 +57,7 @@ class _Active:
     run_id: int
     lock: Lock | None
     spec: JobSpec
+    started_at: datetime
     attempt: Attempt | None = None
     thread: threading.Thread | None = None
 
@@ -72,8 +74,12 @@ class Runner:
         *,
         output: OutputSink | None = None,
         rng: random.Random | None = None,
+        observers: Sequence[Observer] = (),
+        chains: bool = True,
     ) -> None:
         self.jobs = jobs
+        self.observers = list(observers)
+        self.chains = chains  # fire `after:` dependents when a job succeeds
         self.history = history
         self.locks = locks
         self.clock = clock
@@ -180,6 +186,20 @@ class Runner:
         with self._lock:
             return self._heap[0].when if self._heap else None
 
+    def upcoming(self, count: int) -> list[Due]:
+        """The next `count` entries of the heap, soonest first (status, metrics)."""
+        with self._lock:
+            return heapq.nsmallest(count, self._heap)
+
+    def next_per_job(self) -> dict[str, datetime]:
+        """Each job's earliest instant on the heap."""
+        with self._lock:
+            out: dict[str, datetime] = {}
+            for d in self._heap:
+                if d.job not in out or d.when < out[d.job]:
+                    out[d.job] = d.when
+            return out
+
     def next_due(self) -> Due | None:
         with self._lock:
             return min(self._heap) if self._heap else None
@@ -249,7 +269,29 @@ class Runner:
                     candidates.append(self._queued.pop(job))
             candidates += [p[3] for p in self._pending]
             self._pending.clear()
+            candidates = self._without_paused(candidates)
             return self._dispatch(candidates, now)
+
+    def _without_paused(self, candidates: list[Due]) -> list[Due]:
+        """Drop what a paused job's schedule fired; a paused job still runs when triggered by hand."""
+        automatic = [d for d in candidates if d.trigger not in (Trigger.MANUAL, Trigger.RETRY)]
+        if not automatic:
+            return candidates
+        try:
+            paused = self.history.paused()
+        except CronpyError as exc:
+            log.error("cannot read paused jobs, firing as scheduled: %s", exc)
+            return candidates
+        if not paused:
+            return candidates
+        kept = []
+        for d in candidates:
+            if d.job in paused and d.trigger not in (Trigger.MANUAL, Trigger.RETRY):
+                log.info("%s: paused since %s; not running the %s run", d.job,
+                         paused[d.job].isoformat(timespec="seconds"), d.trigger.value)
+            else:
+                kept.append(d)
+        return kept
 
     def _running(self, job: str) -> bool:
         return any(a.due.job == job for a in self._active.values())
@@ -346,7 +388,7 @@ class Runner:
             out = self.output
             sink = lambda line: out(spec.name, line)  # noqa: E731
         ctx = RunContext(spec.name, run_id, d.scheduled_for, d.attempt, d.trigger.value)
-        active = _Active(d, run_id, lock, spec)
+        active = _Active(d, run_id, lock, spec, self.clock.now())
         active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir)
         if self._cancel_all:
             active.attempt.cancel()
@@ -364,7 +406,10 @@ class Runner:
                 active.lock.set_holder(run_id=active.run_id)
             if attempt.pid is not None and active.run_id > 0:
                 self._record(lambda: self.history.set_pid(active.run_id, attempt.pid or 0))
+            self._notify(lambda o: o.run_started(spec, active.run_id))
             result = attempt.wait()
+            if result.status is not RunStatus.SUCCESS and active.run_id > 0 and self._cancelled(active.run_id):
+                result = replace(result, status=RunStatus.CANCELLED, error="cancelled by `cronpy cancel`")
         finally:
             finished = self.clock.now()
             if result is None:
@@ -384,8 +429,48 @@ class Runner:
                     log.info("%s: retry %d of %d in %.1fs", spec.name, d.attempt, spec.retries, delay)
                     self._push(finished + timedelta(seconds=delay), spec.name, Trigger.RETRY,
                                d.scheduled_for, d.attempt + 1, active.run_id)
+                if result.status is RunStatus.SUCCESS and self.chains:
+                    self._fire_dependents(spec.name, active.run_id, finished)
                 self._idle.notify_all()
+            record = RunRecord(
+                id=active.run_id, job=spec.name, status=result.status, trigger=d.trigger, attempt=d.attempt,
+                scheduled_for=d.scheduled_for, started_at=active.started_at, finished_at=finished,
+                duration=result.duration, exit_code=result.exit_code, error=result.error, output=result.output,
+                result=result.result, pid=result.pid, host=HOST)
+            self._notify(lambda o: o.run_finished(spec, record, retry))
             self.wake.set()
+
+    def _notify(self, call: Callable[[Observer], None]) -> None:
+        for observer in self.observers:
+            try:
+                call(observer)
+            except Exception:  # an observer must never break a run
+                log.exception("notification failed")
+
+    def _cancelled(self, run_id: int) -> bool:
+        try:
+            return self.history.cancel_requested(run_id)
+        except CronpyError:
+            return False
+
+    def _fire_dependents(self, job: str, run_id: int, now: datetime) -> None:
+        """Queue every job `after:` this one whose listed jobs have all succeeded since it last ran."""
+        for spec in self.jobs.jobs.values():
+            if job not in spec.after or not spec.enabled:
+                continue
+            try:
+                last_run = self.history.last_started(spec.name)
+                ready = all(
+                    (t := self.history.last_success_started(dep)) is not None and (last_run is None or t > last_run)
+                    for dep in spec.after
+                )
+            except CronpyError as exc:
+                log.error("%s: cannot check its `after:` jobs: %s", spec.name, exc)
+                continue
+            if ready:
+                log.info("%s: every job in its `after:` has succeeded; running it (after run %d of %s)",
+                         spec.name, run_id, job)
+                self._push(now, spec.name, Trigger.DEPENDENCY, now, parent_id=run_id)
 
     def _finish(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
         run_id = active.run_id

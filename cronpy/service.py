@@ -7,12 +7,14 @@ testable pieces must not.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
@@ -21,10 +23,11 @@ from typing import Callable
 from cronpy.clock import Clock, SystemClock
 from cronpy.config import get_job, load_jobs
 from cronpy.paths import resolve_state_dir
-from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, LockHeld
-from cronpy.executor import terminate_orphan
-from cronpy.history import History
-from cronpy.locks import Locks
+from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld
+from cronpy.executor import terminate_run
+from cronpy.history import HOST, History
+from cronpy.integrations import Integrations
+from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
 from cronpy.runner import Runner
@@ -162,15 +165,33 @@ def _recover(history: History, jobs: JobSet, now: datetime) -> None:
         note = ""
         if rec.pid is not None:
             spec = jobs.jobs.get(rec.job)
-            if terminate_orphan(rec.pid, rec.id, spec.kill_grace if spec else 10.0):
+            if terminate_run(rec.pid, rec.id, spec.kill_grace if spec else 10.0):
                 note = f"its process group {rec.pid} was still running and has been terminated"
                 history.note_error(rec.id, note)
         log.warning("%s: run %d was left running by a runner that died; marked interrupted%s",
                     rec.job, rec.id, f" ({note})" if note else "")
 
 
+STATUS_FILE = "runner.json"
+
+
+def _write_status(sd: Path, runner: Runner, jobs_file: Path, since: datetime) -> None:
+    """What `cronpy status` shows of the runner, written atomically to STATE_DIR/runner.json."""
+    data = {
+        "pid": os.getpid(), "host": HOST, "since": since.isoformat(), "jobs_file": str(jobs_file.resolve()),
+        "jobs": len(runner.jobs.jobs), "running": runner.active_count,
+        "next": [{"job": d.job, "at": d.when.isoformat(), "trigger": d.trigger.value} for d in runner.upcoming(10)],
+    }
+    tmp = sd / f".{STATUS_FILE}.{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, sd / STATUS_FILE)
+    except OSError as exc:
+        log.debug("cannot write %s: %s", STATUS_FILE, exc)
+
+
 def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch: bool = False,
-        clock: Clock | None = None) -> int:
+        metrics_port: int | None = None, metrics_address: str = "127.0.0.1", clock: Clock | None = None) -> int:
     """`cronpy run`: validate, take the scheduler lock (or stand by), fire jobs until stopped."""
     setup_logging(verbose)
     clock = clock or SystemClock()
@@ -178,7 +199,16 @@ def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
     history = History.open(sd)
     locks = Locks(sd)
-    runner = Runner(jobs, history, locks, clock, output=_print_line)
+    integrations = Integrations()
+    runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations])
+    metrics = None
+    if metrics_port is not None:
+        from cronpy.metrics import Metrics
+
+        metrics = Metrics(metrics_port, metrics_address, lambda: runner.active_count,
+                          lambda: {j: t.timestamp() for j, t in runner.next_per_job().items()})
+        runner.observers.append(metrics)
+        log.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
     notifier = Notifier()
     reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
     _install_signals(lambda urgent: runner.request_stop(now=urgent), reloader.request)
@@ -216,38 +246,61 @@ def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch
             threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
                              daemon=True, name="prune").start()
 
+        since = clock.now()
+
         def on_wake() -> None:
             reloader()
             notifier.status(_summary(runner))
+            _write_status(sd, runner, jobs_file, since)
 
         runner.run_forever(on_wake)
         notifier.stopping()
         stop_pruning.set()
+        integrations.close()
         log.info("cronpy: stopped")
     finally:
+        try:
+            (sd / STATUS_FILE).unlink()
+        except OSError:
+            pass
         leader.release()
         notifier.close()
+        if metrics is not None:
+            metrics.close()
         history.close()
     return 0
 
 
-def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, wait: float = 0.0) -> int:
-    """`cronpy trigger`: run one job now through the runner's own path; return its exit status."""
+def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, wait: float = 0.0, chain: bool = False) -> int:
+    """`cronpy trigger`: run one job now through the runner's own path; return its exit status.
+
+    On a terminal the job's output streams under a line showing the elapsed time.
+    """
     setup_logging()
     get_job(jobs, name)
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
     with History.open(sd) as history:
-        def raw(job: str, line: str) -> None:
-            with _print_lock:
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-
-        runner = Runner(jobs, history, Locks(sd), SystemClock(), output=raw)
+        live = _LiveTrigger(name) if sys.stdout.isatty() else None
+        integrations = Integrations()
+        runner = Runner(jobs, history, Locks(sd), SystemClock(), output=live.line if live else _raw_line,
+                        observers=[integrations], chains=chain)
         _install_signals(lambda urgent: runner.request_stop(now=True))
-        run_id = runner.run_foreground(name, wait=wait)
+        try:
+            if live:
+                live.start()
+            run_id = runner.run_foreground(name, wait=wait)
+        finally:
+            if live:
+                live.stop()
+            integrations.close()
         if run_id is None:
             return EXIT_LOCKED
         rec = history.get(run_id)
+        if chain and rec.job != name:
+            # The chain's last run was a dependent; the exit status is the worst of the chain.
+            failed = [r for r in history.query(since=rec.started_at, limit=None) if r.status is not RunStatus.SUCCESS
+                      and r.trigger.value in ("manual", "retry", "dependency")]
+            rec = failed[0] if failed else rec
     if rec.status is RunStatus.SUCCESS:
         return 0
     if rec.status is RunStatus.TIMEOUT:
@@ -257,6 +310,42 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, wait: float = 0.
     if rec.exit_code is not None and rec.exit_code > 0:
         return rec.exit_code
     return 1
+
+
+def _raw_line(job: str, line: str) -> None:
+    with _print_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+class _LiveTrigger:
+    """`cronpy trigger` on a terminal: output above, a spinner with the elapsed time below."""
+
+    def __init__(self, name: str) -> None:
+        from rich.console import Console
+
+        self.name = name
+        self.console = Console()
+        self._status = self.console.status(f"{name}: running")
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        self._status.start()
+        threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.1):
+            self._status.update(f"{self.name}: running, {time.monotonic() - self._started:.1f}s")
+
+    def line(self, job: str, line: str) -> None:
+        prefix = "" if job == self.name else f"{job} | "
+        self.console.print(prefix + line, markup=False, highlight=False, soft_wrap=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._status.stop()
+        self.console.print(f"{self.name}: finished in {time.monotonic() - self._started:.1f}s", style="dim")
 
 
 def _anchors(jobs: JobSet, state_dir: Path | None) -> dict[str, datetime]:
@@ -348,3 +437,93 @@ def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], s
     if words:
         words = f"{words} ({spec.timezone})"
     return times, words
+
+
+def pause(jobs: JobSet, name: str, state_dir: Path | None) -> str:
+    """`cronpy pause`: the schedule stops firing the job (persisted); `trigger` still runs it."""
+    get_job(jobs, name)
+    with History.open(resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)) as h:
+        if h.pause(name, datetime.now(timezone.utc)):
+            return f"paused {name}: its schedule will not fire it until `cronpy resume {name}`"
+        return f"{name} was already paused"
+
+
+def resume(jobs: JobSet, name: str, state_dir: Path | None) -> str:
+    """`cronpy resume`: the job's schedule fires it again from its next instant."""
+    get_job(jobs, name)
+    with History.open(resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)) as h:
+        if h.resume(name):
+            return f"resumed {name}"
+        return f"{name} was not paused"
+
+
+def cancel(jobs: JobSet, target: str, state_dir: Path | None) -> list[str]:
+    """`cronpy cancel NAME|RUN_ID`: TERM each matching run's process group, KILL after its grace."""
+    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+    with History.open(sd) as h:
+        if target.isdigit():
+            rec = h.get(int(target))
+            if rec.status is not RunStatus.RUNNING:
+                raise NothingToDo(f"run {rec.id} of {rec.job} is not running (it is {rec.status.value})")
+            runs = [rec]
+        else:
+            get_job(jobs, target)
+            runs = h.running_of(target)
+            if not runs:
+                raise NothingToDo(f"no run of {target} is in progress")
+        done = []
+        for rec in runs:
+            if rec.host != HOST:
+                done.append(f"run {rec.id} of {rec.job} runs on {rec.host}: cancel it there")
+                continue
+            if rec.pid is None:
+                done.append(f"run {rec.id} of {rec.job} has not started its process yet; try again")
+                continue
+            h.request_cancel(rec.id, datetime.now(timezone.utc))
+            spec = jobs.jobs.get(rec.job)
+            if terminate_run(rec.pid, rec.id, spec.kill_grace if spec else 10.0):
+                done.append(f"cancelled run {rec.id} of {rec.job} (process group {rec.pid})")
+            else:
+                done.append(f"run {rec.id} of {rec.job} had already ended")
+        return done
+
+
+class NothingToDo(CronpyError):
+    """Raised when a command finds nothing to act on (no run in progress to cancel)."""
+
+
+@dataclass
+class Status:
+    """What `cronpy status` shows, read from the state dir only."""
+
+    state_dir: Path
+    scheduler: Holder | None
+    scheduler_live: bool
+    runner: dict[str, object] | None
+    running: list[RunRecord]
+    failures: list[RunRecord]
+    paused: dict[str, datetime]
+
+
+def status(file: Path | None, state_dir: Path | None) -> Status:
+    """`cronpy status`: the scheduler-lock holder, runs in progress, next due runs, latest failures."""
+    from cronpy.paths import file_state_dir, find_jobs_file
+
+    sd = resolve_state_dir(str(state_dir) if state_dir else None,
+                           None if state_dir else file_state_dir(find_jobs_file(str(file) if file else None)))
+    lock = Locks(sd).scheduler()
+    live = lock.is_locked_elsewhere() if lock.path.exists() else False
+    runner_info = None
+    if live:
+        try:
+            runner_info = json.loads((sd / STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            runner_info = None
+    try:
+        h = History.open(sd, readonly=True)
+    except HistoryError:
+        return Status(sd, lock.holder() if live else None, live, runner_info, [], [], {})
+    with h:
+        return Status(sd, lock.holder() if live else None, live, runner_info, h.running(),
+                      h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
+                      h.paused())

@@ -111,7 +111,7 @@ def test_prune_removes_only_old_finished_runs(history_db: History) -> None:
 
 def test_schema_is_versioned_wal_and_intact(history_db: History, state_dir: Path) -> None:
     db = sqlite3.connect(state_dir / "history.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert history_db.integrity_check() == "ok"
     # Reopening does not re-run migrations.
