@@ -234,7 +234,8 @@ def list_jobs(
         jobs = _load(file)
         words = {n: service.describe(s.schedule) for n, s in jobs.jobs.items()}
         render.job_list(list(jobs.jobs.values()), service.next_runs(jobs, state_dir),
-                        service.last_runs(jobs, state_dir), words, as_json=as_json)
+                        service.last_runs(jobs, state_dir), words, service.paused_jobs(jobs, state_dir),
+                        as_json=as_json)
 
     _guard(body)
 

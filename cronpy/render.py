@@ -134,19 +134,21 @@ def stats(items: Sequence[JobStats], next_runs: dict[str, datetime | None],
 
 
 def job_list(specs: Sequence[JobSpec], next_runs: dict[str, datetime | None],
-             last: dict[str, RunRecord], words: dict[str, str | None], *, as_json: bool) -> None:
+             last: dict[str, RunRecord], words: dict[str, str | None], paused: dict[str, datetime], *,
+             as_json: bool) -> None:
     if as_json:
         print_json([{
             "job": s.name, "schedule": s.schedule.text if s.schedule else None,
             "schedule_in_words": words.get(s.name), "timezone": s.timezone,
-            "enabled": s.enabled, "kind": s.kind, "description": s.description,
+            "enabled": s.enabled, "paused": s.name in paused, "kind": s.kind, "description": s.description,
             "next_run": (n.isoformat() if (n := next_runs.get(s.name)) else None),
             "last_status": last[s.name].status.value if s.name in last else None,
         } for s in specs])
         return
     table(None, ["Job", "Schedule", "In words", "Zone", "Enabled", "Next run", "Last", "Description"], (
         [s.name, s.schedule.text if s.schedule else "(manual)", words.get(s.name) or "", s.timezone,
-         "yes" if s.enabled else "no", local(next_runs.get(s.name)),
+         "paused" if s.name in paused else "yes" if s.enabled else "no",
+         "-" if s.name in paused else local(next_runs.get(s.name)),
          _status(last[s.name].status) if s.name in last else "-", s.description]
         for s in specs
     ))

@@ -367,7 +367,7 @@ class Runner:
                 except LockHeld as exc:
                     held_elsewhere.append((d, run_id, str(exc)))
                     continue
-            spawned.append(self._spawn(spec, d, run_id, lock))
+            spawned.append(self._spawn(spec, d, run_id, lock, now))
         for active in spawned:
             thread = threading.Thread(target=self._run, args=(active,), name=f"run-{active.run_id}", daemon=True)
             active.thread = thread
@@ -382,13 +382,13 @@ class Runner:
                 log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
         return [a.run_id for a in spawned]
 
-    def _spawn(self, spec: JobSpec, d: Due, run_id: int, lock: Lock | None) -> _Active:
+    def _spawn(self, spec: JobSpec, d: Due, run_id: int, lock: Lock | None, now: datetime) -> _Active:
         sink = None
         if self.output is not None:
             out = self.output
             sink = lambda line: out(spec.name, line)  # noqa: E731
         ctx = RunContext(spec.name, run_id, d.scheduled_for, d.attempt, d.trigger.value)
-        active = _Active(d, run_id, lock, spec, self.clock.now())
+        active = _Active(d, run_id, lock, spec, now)  # the started_at written to history
         active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir)
         if self._cancel_all:
             active.attempt.cancel()

@@ -345,7 +345,8 @@ class _LiveTrigger:
     def stop(self) -> None:
         self._stop.set()
         self._status.stop()
-        self.console.print(f"{self.name}: finished in {time.monotonic() - self._started:.1f}s", style="dim")
+        self.console.print(f"{self.name}: finished in {time.monotonic() - self._started:.1f}s", style="dim",
+                           highlight=False)
 
 
 def _anchors(jobs: JobSet, state_dir: Path | None) -> dict[str, datetime]:
@@ -371,6 +372,15 @@ def next_runs_if_readable(file: Path | None) -> dict[str, datetime | None]:
     try:
         return next_runs(load_jobs(find_jobs_file(str(file) if file else None)))
     except ConfigError:
+        return {}
+
+
+def paused_jobs(jobs: JobSet, state_dir: Path | None) -> dict[str, datetime]:
+    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+    try:
+        with History.open(sd, readonly=True) as h:
+            return h.paused()
+    except CronpyError:
         return {}
 
 

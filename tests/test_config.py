@@ -45,6 +45,13 @@ def problems(text: str, now: datetime | None = None) -> list[str]:
     ("jobs:\n  a:\n    command: x\n    backoff: {initial: 10s, factor: 0.5}\n", "jobs.yaml:4: jobs.a.backoff.factor: expected a number >= 1"),
     ("jobs:\n  a:\n    command: x\n    enabled: maybe\n", "jobs.yaml:4: jobs.a.enabled: expected true or false"),
     ("defaults:\n  timeout: soon\njobs:\n  a: {command: x}\n  b: {command: y}\n", "jobs.yaml:2: defaults.timeout: expected a duration"),
+    ("jobs:\n  a:\n    command: x\n    after: [extrct]\n  extract: {command: y}\n",
+     "jobs.yaml:4: jobs.a.after: no job named 'extrct' (did you mean 'extract'?)"),
+    ("jobs:\n  a: {command: x, after: c}\n  b: {command: y, after: a}\n  c: {command: z, after: b}\n",
+     "jobs.yaml:3: jobs.b.after: a cycle: a -> b -> c -> a"),
+    ("jobs:\n  a: {command: x, after: a}\n", "jobs.yaml:2: jobs.a.after: a job cannot run after itself"),
+    ("jobs:\n  a:\n    command: x\n    ping: hc-ping.example/abc\n", "jobs.yaml:4: jobs.a.ping: expected an http:// or https:// URL"),
+    ("jobs:\n  a:\n    command: x\n    on_failure: [notify]\n", "jobs.yaml:4: jobs.a.on_failure: expected a shell command"),
 ])
 def test_each_problem_names_line_and_key(text: str, expected: str) -> None:
     found = problems(text)
