@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from cronpy.models import JobSpec, RunStatus
 
@@ -91,7 +91,8 @@ class Attempt:
     """A started attempt: wait for it, or cancel it from another thread."""
 
     def __init__(self, spec: JobSpec, context: RunContext, *, sink: OutputSink | None = None,
-                 base_dir: Path | None = None, extra_env: dict[str, str] | None = None) -> None:
+                 base_dir: Path | None = None, extra_env: dict[str, str] | None = None,
+                 base_env: Mapping[str, str] | None = None) -> None:
         self.spec = spec
         self.context = context
         self.sink = sink
@@ -102,7 +103,7 @@ class Attempt:
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_error: str | None = None
         self._started = time.monotonic()
-        argv, env = self._argv_env(extra_env or {})
+        argv, env = self._argv_env(extra_env or {}, base_env)
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -123,8 +124,11 @@ class Attempt:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def _argv_env(self, extra_env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-        env = dict(os.environ)
+    def _argv_env(self, extra_env: dict[str, str],
+                  base_env: Mapping[str, str] | None) -> tuple[list[str], dict[str, str]]:
+        # A runner passes a snapshot of its environment: copying os.environ decodes every
+        # variable, ~0.3 ms a run, which adds up in a burst of due jobs.
+        env = dict(base_env if base_env is not None else os.environ)
         env.update(self.spec.env)
         env.update(extra_env)
         env["CRONPY_JOB"] = self.spec.name

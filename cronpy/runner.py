@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -34,6 +35,9 @@ log = logging.getLogger("cronpy")
 # An instant found late by less than this (a busy machine, a slow tick) still fires; one
 # further in the past was missed (downtime, suspend, a clock step) and is left to catch_up.
 MISFIRE_GRACE = timedelta(seconds=10)
+
+# Runs of a burst claimed (and so started) before the rest are claimed; see _dispatch.
+FIRST_BATCH = 4
 
 OutputSink = Callable[[str, str], None]  # (job name, line)
 
@@ -79,6 +83,7 @@ class Runner:
     ) -> None:
         self.jobs = jobs
         self.observers = list(observers)
+        self._base_env = dict(os.environ)  # jobs' environment: the runner's, as it started
         self.chains = chains  # fire `after:` dependents when a job succeeds
         self.history = history
         self.locks = locks
@@ -243,14 +248,14 @@ class Runner:
             while self._heap and self._heap[0].when <= now:
                 due.append(heapq.heappop(self._heap))
             candidates = []
+            reschedule: list[tuple[JobSpec, datetime]] = []
             for d in due:
                 spec = self.jobs.jobs.get(d.job)
                 if spec is None:
                     continue
                 if d.trigger is Trigger.SCHEDULE:
-                    # Next instant first, so a slow start never delays the cadence. Instants
-                    # missed by more than the grace (downtime, suspend) are not replayed.
-                    self._schedule_next(spec, max(d.scheduled_for, now - MISFIRE_GRACE))
+                    # Instants missed by more than the grace (downtime, suspend) are not replayed.
+                    reschedule.append((spec, max(d.scheduled_for, now - MISFIRE_GRACE)))
                     if now - d.scheduled_for > MISFIRE_GRACE + timedelta(seconds=spec.jitter):
                         # The clock jumped or the machine slept past this instant. cron(8)
                         # skips it; with catch_up it runs once, however many were missed.
@@ -262,6 +267,7 @@ class Runner:
                         d.scheduled_for = latest_fire(spec, d.scheduled_for, now - MISFIRE_GRACE) or d.scheduled_for
                 candidates.append(d)
             if self._stopping:
+                self._reschedule(reschedule)
                 return []
             # Runs that were waiting on a finished job or a free slot compete again.
             for job in list(self._queued):
@@ -270,7 +276,15 @@ class Runner:
             candidates += [p[3] for p in self._pending]
             self._pending.clear()
             candidates = self._without_paused(candidates)
-            return self._dispatch(candidates, now)
+            started = self._dispatch(candidates, now)
+            # The next instants are computed after the spawns: a burst of 200 due jobs starts
+            # ~20 ms sooner, and the heap is whole again before this tick returns.
+            self._reschedule(reschedule)
+            return started
+
+    def _reschedule(self, items: list[tuple[JobSpec, datetime]]) -> None:
+        for spec, after in items:
+            self._schedule_next(spec, after)
 
     def _without_paused(self, candidates: list[Due]) -> list[Due]:
         """Drop what a paused job's schedule fired; a paused job still runs when triggered by hand."""
@@ -338,36 +352,39 @@ class Runner:
             to_start.append(d)
             starting.add(d.job)
             slots -= 1
-        rows = [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id) for d in to_start]
-        rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
-                        RunStatus.SKIPPED, reason) for d, reason in skipped]
-        try:
-            ids: list[int | None] = self.history.start_runs(rows) if rows else []
-        except CronpyError as exc:
-            # The history cannot be written (disk full, I/O error). This runner holds the
-            # scheduler lock, so nobody else fires these instants: run them, and write their
-            # rows when the database takes writes again.
-            log.error("HISTORY WRITE FAILED, running %d due run(s) unrecorded for now: %s", len(to_start), exc)
-            ids = [-next(self._seq) - 1 for _ in rows]
         spawned: list[_Active] = []
         held_elsewhere: list[tuple[Due, int, str]] = []
-        for d, run_id in zip(to_start, ids[: len(to_start)]):
-            lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
-            if run_id is None:
-                log.info("%s: instant %s already claimed by another runner; not running it",
-                         d.job, d.scheduled_for.isoformat())
-                if lock is not None and lock is not self._prelocked.get(d.job):
-                    lock.release()
-                continue
-            spec = jobs[d.job]
-            if lock is None and spec.overlap is Overlap.SKIP:
-                lock = self.locks.job(d.job)
-                try:
-                    lock.acquire(now=now, write_holder=False)
-                except LockHeld as exc:
-                    held_elsewhere.append((d, run_id, str(exc)))
+        skipped_ids: list[int | None] = []
+        # Claim a small first batch alone, so the first child starts after a one-row commit
+        # (~1 ms) instead of after the whole burst's (~20 ms for 200 rows); skipped rows ride
+        # with the last batch.
+        batches = [to_start[:FIRST_BATCH], to_start[FIRST_BATCH:]] if len(to_start) > FIRST_BATCH else [to_start]
+        for n, batch in enumerate(batches):
+            last = n == len(batches) - 1
+            rows = [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id) for d in batch]
+            if last:
+                rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
+                                RunStatus.SKIPPED, reason) for d, reason in skipped]
+            ids = self._claim(rows, len(batch))
+            for d, run_id in zip(batch, ids[: len(batch)]):
+                lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
+                if run_id is None:
+                    log.info("%s: instant %s already claimed by another runner; not running it",
+                             d.job, d.scheduled_for.isoformat())
+                    if lock is not None and lock is not self._prelocked.get(d.job):
+                        lock.release()
                     continue
-            spawned.append(self._spawn(spec, d, run_id, lock, now))
+                spec = jobs[d.job]
+                if lock is None and spec.overlap is Overlap.SKIP:
+                    lock = self.locks.job(d.job)
+                    try:
+                        lock.acquire(now=now, write_holder=False)
+                    except LockHeld as exc:
+                        held_elsewhere.append((d, run_id, str(exc)))
+                        continue
+                spawned.append(self._spawn(spec, d, run_id, lock, now))
+            if last:
+                skipped_ids = ids[len(batch):]
         for active in spawned:
             thread = threading.Thread(target=self._run, args=(active,), name=f"run-{active.run_id}", daemon=True)
             active.thread = thread
@@ -377,10 +394,23 @@ class Runner:
             self._record(lambda r=run_id, why=reason: self.history.finish_run(  # type: ignore[misc]
                 r, RunStatus.SKIPPED, now, duration=0.0, error=why))
             log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
-        for (d, reason), run_id in zip(skipped, ids[len(to_start):]):
+        for (d, reason), run_id in zip(skipped, skipped_ids):
             if run_id is not None:
                 log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
         return [a.run_id for a in spawned]
+
+    def _claim(self, rows: list[NewRun], starting: int) -> list[int | None]:
+        """Write run rows (claiming their instants); ids, None where claimed elsewhere."""
+        if not rows:
+            return []
+        try:
+            return self.history.start_runs(rows)
+        except CronpyError as exc:
+            # The history cannot be written (disk full, I/O error). This runner holds the
+            # scheduler lock, so nobody else fires these instants: run them, and write their
+            # rows when the database takes writes again.
+            log.error("HISTORY WRITE FAILED, running %d due run(s) unrecorded for now: %s", starting, exc)
+            return [-next(self._seq) - 1 for _ in rows]
 
     def _spawn(self, spec: JobSpec, d: Due, run_id: int, lock: Lock | None, now: datetime) -> _Active:
         sink = None
@@ -389,7 +419,7 @@ class Runner:
             sink = lambda line: out(spec.name, line)  # noqa: E731
         ctx = RunContext(spec.name, run_id, d.scheduled_for, d.attempt, d.trigger.value)
         active = _Active(d, run_id, lock, spec, now)  # the started_at written to history
-        active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir)
+        active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir, base_env=self._base_env)
         if self._cancel_all:
             active.attempt.cancel()
         self._active[run_id] = active

@@ -151,3 +151,20 @@ def test_state_dir_in_file_is_relative_to_the_file(tmp_path: Path) -> None:
     p = tmp_path / "sub" / "jobs.yaml"
     p.write_text("state_dir: .cronpy\njobs: {}\n")
     assert load_jobs(p).state_dir == (tmp_path / "sub" / ".cronpy").resolve()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("state_dir: .cronpy\njobs: {}\n", ".cronpy"),
+    ("state_dir: 'my state'  # quoted\njobs: {}\n", "my state"),
+    ('jobs: {}\nstate_dir: "/var/lib/x"\n', "/var/lib/x"),
+    ("base: &b st\nstate_dir: *b\njobs: {}\n", "st"),  # an alias: read by the YAML parser
+    ("{state_dir: flow, jobs: {}}\n", "flow"),
+    ("jobs:\n  a:\n    state_dir: nested\n", None),  # not top-level
+    ("jobs: {}\n", None),
+])
+def test_state_dir_is_read_from_the_file_quickly_and_correctly(tmp_path: Path, text: str, expected: str | None) -> None:
+    from cronpy.paths import file_state_dir
+
+    p = tmp_path / "jobs.yaml"
+    p.write_text(text)
+    assert file_state_dir(p) == ((tmp_path / expected).resolve() if expected else None)
