@@ -13,6 +13,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from contextlib import contextmanager
@@ -185,9 +186,7 @@ class History:
             if not readonly:
                 # WAL: readers never block the runner. synchronous=FULL: a claimed instant is on
                 # disk before its job starts, so a power cut cannot make it run twice.
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.execute("PRAGMA synchronous = FULL")
-                self._migrate()
+                self._setup()
         except sqlite3.Error as exc:
             raise HistoryError(str(path), str(exc)) from None
 
@@ -205,6 +204,24 @@ class History:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _setup(self) -> None:
+        # Switching a new file to WAL needs an exclusive lock and SQLite does not call the busy
+        # handler for it: runners starting together on a fresh state dir get "database is
+        # locked" at once. Retry for as long as busy_timeout would have waited.
+        deadline = time.monotonic() + 10.0
+        delay = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._migrate()
 
     def _migrate(self) -> None:
         with self._tx() as db:
