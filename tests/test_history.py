@@ -152,7 +152,7 @@ def test_runners_opening_a_new_state_dir_together_all_succeed(tmp_path):
         path = tmp_path / f"{attempt}" / "history.db"
         barrier = threading.Barrier(4)
 
-        def open_it() -> None:
+        def open_it(path: Path = path, barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             try:
                 History(path).close()
