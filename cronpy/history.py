@@ -296,10 +296,13 @@ class History:
                 ids.append(cur.lastrowid)
         return ids
 
-    def set_pid(self, run_id: int, pid: int) -> None:
-        """Record the process id of a started attempt (to find orphans after a crash)."""
+    def set_pids(self, pids: Sequence[tuple[int, int]]) -> None:
+        """Record the process ids of started attempts, (run id, pid) pairs, in one commit
+        (to find orphans after a crash)."""
+        if not pids:
+            return
         with self._tx() as db:
-            db.execute("UPDATE runs SET pid = ? WHERE id = ?", (pid, run_id))
+            db.executemany("UPDATE runs SET pid = ? WHERE id = ?", [(pid, run_id) for run_id, pid in pids])
 
     def finish_run(
         self,

@@ -39,6 +39,10 @@ MISFIRE_GRACE = timedelta(seconds=10)
 # Runs of a burst claimed (and so started) before the rest are claimed; see _dispatch.
 FIRST_BATCH = 4
 
+# The loop wakes this much before an instant and claims it (the history commit, the job lock),
+# then waits for the instant itself to spawn: the child starts ~1 ms sooner, never early.
+LEAD = timedelta(milliseconds=3)
+
 OutputSink = Callable[[str, str], None]  # (job name, line)
 
 
@@ -64,6 +68,7 @@ class _Active:
     started_at: datetime
     attempt: Attempt | None = None
     thread: threading.Thread | None = None
+    pid_recorded: bool = False
 
 
 class Runner:
@@ -98,6 +103,7 @@ class Runner:
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self.wake = threading.Event()
+        self._never = threading.Event()  # what _until sleeps on: only the clock ends that wait
         self._stopping = False
         self._cancel_all = False
         self._anchors: dict[str, datetime] = {}
@@ -192,9 +198,22 @@ class Runner:
             return self._heap[0].when if self._heap else None
 
     def upcoming(self, count: int) -> list[Due]:
-        """The next `count` entries of the heap, soonest first (status, metrics)."""
+        """The next `count` entries of the heap, soonest first (status, metrics).
+
+        Walks the heap from its root, O(count log count) whatever the number of jobs: this
+        runs after every wake-up, and 10,000 loaded jobs must not slow a busy runner down.
+        """
         with self._lock:
-            return heapq.nsmallest(count, self._heap)
+            heap = self._heap
+            out: list[Due] = []
+            frontier = [(heap[0], 0)] if heap else []
+            while frontier and len(out) < count:
+                d, i = heapq.heappop(frontier)
+                out.append(d)
+                for child in (2 * i + 1, 2 * i + 2):
+                    if child < len(heap):
+                        heapq.heappush(frontier, (heap[child], child))
+            return out
 
     def next_per_job(self) -> dict[str, datetime]:
         """Each job's earliest instant on the heap."""
@@ -207,7 +226,7 @@ class Runner:
 
     def next_due(self) -> Due | None:
         with self._lock:
-            return min(self._heap) if self._heap else None
+            return self._heap[0] if self._heap else None
 
     def run_foreground(self, name: str, *, wait: float = 0.0) -> int | None:
         """Run job `name` now, with its retries, through the same dispatch as scheduled runs.
@@ -241,11 +260,16 @@ class Runner:
 
     # -- one pass ----------------------------------------------------------------------------
 
-    def tick(self, now: datetime) -> list[int]:
-        """Start what is due at `now`; return the ids of the runs started."""
+    def tick(self, now: datetime, *, lead: timedelta = timedelta(0)) -> list[int]:
+        """Start what is due at `now`; return the ids of the runs started.
+
+        With `lead`, what falls due up to `now + lead` is claimed now and spawned at its
+        instant (run_forever passes LEAD).
+        """
         with self._lock:
             due: list[Due] = []
-            while self._heap and self._heap[0].when <= now:
+            horizon = now + lead
+            while self._heap and self._heap[0].when <= horizon:
                 due.append(heapq.heappop(self._heap))
             candidates = []
             reschedule: list[tuple[JobSpec, datetime]] = []
@@ -361,7 +385,8 @@ class Runner:
         batches = [to_start[:FIRST_BATCH], to_start[FIRST_BATCH:]] if len(to_start) > FIRST_BATCH else [to_start]
         for n, batch in enumerate(batches):
             last = n == len(batches) - 1
-            rows = [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id) for d in batch]
+            rows = [NewRun(d.job, d.trigger, max(now, d.when), d.scheduled_for, d.attempt, d.parent_id)
+                    for d in batch]
             if last:
                 rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
                                 RunStatus.SKIPPED, reason) for d, reason in skipped]
@@ -382,9 +407,21 @@ class Runner:
                     except LockHeld as exc:
                         held_elsewhere.append((d, run_id, str(exc)))
                         continue
-                spawned.append(self._spawn(spec, d, run_id, lock, now))
+                self._until(d.when)
+                spawned.append(self._spawn(spec, d, run_id, lock, max(now, d.when)))
             if last:
                 skipped_ids = ids[len(batch):]
+        # The pids of the whole tick in one commit (a burst of 80 was 80 commits, one per
+        # run thread); a failed write falls back to each run thread's retrying write.
+        pids = [(a.run_id, a.attempt.pid) for a in spawned
+                if a.attempt is not None and a.attempt.pid is not None and a.run_id > 0]
+        try:
+            self.history.set_pids(pids)
+        except CronpyError as exc:
+            log.error("cannot record the pids of %d started run(s) yet: %s", len(pids), exc)
+        else:
+            for a in spawned:
+                a.pid_recorded = True
         for active in spawned:
             thread = threading.Thread(target=self._run, args=(active,), name=f"run-{active.run_id}", daemon=True)
             active.thread = thread
@@ -398,6 +435,11 @@ class Runner:
             if run_id is not None:
                 log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
         return [a.run_id for a in spawned]
+
+    def _until(self, when: datetime) -> None:
+        """Wait for the instant of a run claimed ahead of it (see LEAD): never start early."""
+        while self.clock.now() < when:
+            self.clock.sleep_until(when, self._never)
 
     def _claim(self, rows: list[NewRun], starting: int) -> list[int | None]:
         """Write run rows (claiming their instants); ids, None where claimed elsewhere."""
@@ -434,8 +476,8 @@ class Runner:
         try:
             if active.lock is not None:
                 active.lock.set_holder(run_id=active.run_id)
-            if attempt.pid is not None and active.run_id > 0:
-                self._record(lambda: self.history.set_pid(active.run_id, attempt.pid or 0))
+            if attempt.pid is not None and active.run_id > 0 and not active.pid_recorded:
+                self._record(lambda: self.history.set_pids([(active.run_id, attempt.pid or 0)]))
             self._notify(lambda o: o.run_started(spec, active.run_id))
             result = attempt.wait()
             if result.status is not RunStatus.SUCCESS and active.run_id > 0 and self._cancelled(active.run_id):
@@ -553,14 +595,17 @@ class Runner:
         """
         while not self._stopping:
             self.wake.clear()
+            self._tick_started = time.monotonic()
+            self.tick(self.clock.now(), lead=LEAD)
+            self._tick_started = None
+            # After the tick, not before: what on_wake does (reload check, status file, the
+            # summary for systemd) must not delay the runs due at this instant.
             if on_wake is not None:
                 on_wake()
-            self._tick_started = time.monotonic()
-            self.tick(self.clock.now())
-            self._tick_started = None
             if self._stopping:
                 break
-            self.clock.sleep_until(self.next_wakeup(), self.wake)
+            wakeup = self.next_wakeup()
+            self.clock.sleep_until(wakeup - LEAD if wakeup else None, self.wake)
         self.shutdown(self.jobs.shutdown_grace)
 
     def healthy(self, stuck_after: float = 30.0) -> bool:

@@ -298,3 +298,20 @@ def test_history_retention_prunes_old_runs_in_the_background(jobs_file, tmp_path
     finally:
         stop(proc)
     assert "pruned 3 run(s)" in (tmp_path / "run.log").read_text()
+
+
+def test_children_start_at_their_second_never_before_it(jobs_file, tmp_path: Path) -> None:
+    # The loop claims an instant a few ms ahead of it; the child must still start after it.
+    stamps = tmp_path / "stamps"
+    path = jobs_file(f"state_dir: state\njobs:\n  tick: {{schedule: '* * * * * *', command: 'date +%s.%N >> {stamps}'}}\n")
+    proc = runner(path)
+    try:
+        assert wait_for(lambda: stamps.exists() and len(stamps.read_text().split()) >= 4, timeout=20)
+    finally:
+        stop(proc)
+    starts = [float(x) for x in stamps.read_text().split()]
+    # Each start is just after a whole second (a few ms), never just before one.
+    offsets = [t - round(t) for t in starts]
+    assert all(0 <= off < 0.5 for off in offsets), offsets
+    rows = query(tmp_path / "state" / "history.db", "SELECT scheduled_for, started_at FROM runs")
+    assert rows and all(started >= scheduled for scheduled, started in rows)

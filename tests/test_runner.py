@@ -13,7 +13,7 @@ from conftest import Harness, jobset, wait_for
 
 from cronpy.locks import Locks
 from cronpy.models import RunStatus, Trigger
-from cronpy.runner import Runner
+from cronpy.runner import LEAD, Runner
 
 UTC = timezone.utc
 T0 = datetime(2026, 5, 4, 9, 59, 30, tzinfo=UTC)
@@ -287,3 +287,28 @@ def test_a_clock_step_back_never_repeats_an_instant_already_run(state_dir: Path)
     times = [r.scheduled_for.strftime("%H:%M") for r in again.rows("m") if r.status is RunStatus.SUCCESS]  # type: ignore[union-attr]
     assert times == ["10:00", "10:01", "10:02", "09:58", "09:59", "10:03"]
     again.runner.shutdown(0), again.history.close()
+
+
+def test_an_instant_claimed_ahead_starts_at_the_instant_and_not_without_lead(harness) -> None:
+    h: Harness = harness('jobs:\n  minutely: {schedule: "* * * * *", command: "true"}\n', T0).start()
+    due = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
+    early = due - timedelta(milliseconds=2)
+    h.clock.set(early)
+    assert h.runner.tick(early) == []  # 2 ms early and no lead: nothing starts
+    started = h.runner.tick(early, lead=LEAD)
+    assert len(started) == 1
+    assert h.clock.now() >= due  # the runner waited for the instant before spawning
+    assert h.runner.wait_idle(20)
+    [row] = h.rows("minutely")
+    assert row.scheduled_for == due and row.started_at == due
+
+
+def test_upcoming_lists_the_soonest_instants_in_order_among_many_jobs(harness) -> None:
+    rng = random.Random(7)
+    text = "jobs:\n" + "".join(
+        f'  j{i:03d}: {{schedule: "{rng.randrange(60)} {rng.randrange(24)} * * *", command: "true"}}\n'
+        for i in range(300))
+    h: Harness = harness(text, T0).start()
+    expected = sorted(h.runner._heap)[:10]
+    assert h.runner.upcoming(10) == expected
+    assert h.runner.next_due() == expected[0]
