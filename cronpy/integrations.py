@@ -15,8 +15,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
@@ -53,6 +51,10 @@ def _retrying(what: str, action: Callable[[], None], stop: threading.Event) -> N
 
 
 def _http(url: str, body: bytes | None, content_type: str) -> None:
+    # Imported here: urllib.request brings http.client and ssl (~20 ms, ~2 MB), and most
+    # runners never ping anything.
+    import urllib.request
+
     req = urllib.request.Request(url, data=body if body is not None else b"", method="POST",
                                  headers={"Content-Type": content_type, "User-Agent": "cronpy"})
     with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:  # noqa: S310 (URLs from the jobs file)
