@@ -28,6 +28,7 @@ HOST = socket.gethostname()
 
 # Triggers whose instants are claimed: a scheduled instant runs once, whoever fires it.
 CLAIMED_TRIGGERS = (Trigger.SCHEDULE, Trigger.CATCHUP, Trigger.START)
+_CLAIM_WHERE = f"attempt = 1 AND trigger IN ({', '.join(repr(t.value) for t in CLAIMED_TRIGGERS)})"
 
 # Outcomes that count in success rates and durations (not running, skipped or interrupted).
 FINISHED_SQL = "'success', 'failed', 'timeout'"
@@ -54,8 +55,7 @@ MIGRATIONS: list[str] = [
         runner_pid INTEGER,
         parent_id INTEGER
     );
-    CREATE UNIQUE INDEX runs_claim ON runs (job, scheduled_for)
-        WHERE attempt = 1 AND trigger IN ({", ".join(repr(t.value) for t in CLAIMED_TRIGGERS)});
+    CREATE UNIQUE INDEX runs_claim ON runs (job, scheduled_for) WHERE {_CLAIM_WHERE};
     CREATE INDEX runs_job_status ON runs (job, status, id);
     CREATE INDEX runs_status ON runs (status, id);
     CREATE INDEX runs_started ON runs (started_at);
@@ -449,8 +449,12 @@ class History:
 
     def last_scheduled(self, job: str) -> datetime | None:
         """Return the latest claimed instant of a job (the cadence of an interval job)."""
+        # The claim index's own WHERE clause, so that SQLite walks runs_claim backwards and
+        # stops at the first row: `max()` with extra filters read every run of the job
+        # (30 ms a job on a 1,000,000-row history; `stats` asks for every job).
         rows = self._read(
-            "SELECT max(scheduled_for) FROM runs WHERE job = ? AND attempt = 1 AND trigger IN ('schedule', 'catchup')",
+            f"SELECT scheduled_for FROM runs INDEXED BY runs_claim WHERE job = ? AND {_CLAIM_WHERE}"
+            " AND trigger IN ('schedule', 'catchup') ORDER BY scheduled_for DESC LIMIT 1",
             (job,),
         )
         return _dt(rows[0][0]) if rows else None

@@ -165,3 +165,16 @@ def test_runners_opening_a_new_state_dir_together_all_succeed(tmp_path):
         for t in threads:
             t.join()
     assert failures == []
+
+
+def test_last_scheduled_is_the_latest_scheduled_instant_not_a_retry_or_a_manual_run(history_db) -> None:
+    # The anchor an interval job's cadence continues from after a restart.
+    h = history_db
+    assert h.last_scheduled("sync") is None
+    for minutes in (0, 10, 20):
+        h.start_run("sync", Trigger.SCHEDULE, T0 + timedelta(minutes=minutes), scheduled_for=T0 + timedelta(minutes=minutes))
+    h.start_run("sync", Trigger.CATCHUP, T0 + timedelta(minutes=31), scheduled_for=T0 + timedelta(minutes=30))
+    h.start_run("sync", Trigger.RETRY, T0 + timedelta(minutes=45), scheduled_for=T0 + timedelta(minutes=40), attempt=2)
+    h.start_run("sync", Trigger.MANUAL, T0 + timedelta(minutes=50), scheduled_for=T0 + timedelta(minutes=50))
+    h.start_run("other", Trigger.SCHEDULE, T0 + timedelta(hours=1), scheduled_for=T0 + timedelta(hours=1))
+    assert h.last_scheduled("sync") == T0 + timedelta(minutes=30)
