@@ -1,56 +1,83 @@
 #!/usr/bin/env python3
-"""cronpy benchmarks: `python bench/run.py [workload ...]` prints a table of medians.
+"""cronpy against its peers, side by side: `python bench/run.py [--only cronpy] [workload ...]`.
 
-Workloads (each starts the real `cronpy` in child processes; nothing here is a test):
-  cli        wall time of `cronpy --help`, job-name completion, `history --limit 20`,
-             `history NAME --status failed --limit 20` and `stats` on a generated history
-  idle       RSS and CPU seconds of `cronpy run` over a window with nothing due
-             (jobs.example.yaml shifted so nothing fires, and 1,000 jobs)
-  precision  lateness of an every-second job: p50 / p99 / max, and whether any fired early
-  burst      200 jobs due at the same second: delay from the due instant to the first and
-             last child start (each child appends a high-resolution timestamp)
-  overhead   runner CPU per run over N runs of `true`
-  scale      load-and-validate time of a 10,000-job file
+Every workload runs each scheduler as a real process on the same job list (bench/peers.py:
+cronpy, Debian's cron, yacron, APScheduler; the peers are installed by the suite into a
+virtualenv of their own or from Debian's packages). Jobs are a tiny shell script that appends
+`date +%s.%N` to a file, so every tool is timed by the same clock reading in the child.
 
-Environment: BENCH_REPEAT (default 3) repetitions; medians are reported.
+  cli        wall time of `--help` (cronpy, yacron), cronpy's job-name completion, `history`
+             and `stats` on a generated history of 1,000,000 rows, and its bytes per row
+  idle       CPU seconds over 60 s and RSS with 1,000 jobs none of which is due (all tools at
+             once: they are idle), and cronpy with jobs.example.yaml
+  precision  one job every second for a minute: p50 / p99 lateness of the child's start
+             (tools that schedule to the second)
+  burst      200 jobs due at the same instant: delay from the due instant to the first and the
+             last start (cron and yacron fire on minute boundaries: one minute per repetition)
+  overhead   scheduler CPU per run (its own process, not the jobs') over 2,000 runs
+  scale      load and validate 10,000 jobs; dispatch lateness with 10 and with 10,000 jobs loaded
+
+A table of medians over BENCH_REPEAT (default 3) repetitions closes the run; `ratio` is the
+best peer's figure divided by cronpy's (above 1: cronpy is ahead). BENCH_JSON=FILE also writes
+the rows as JSON. The full run takes about 13 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import ALL, Cronpy, Job, Peer, Unavailable, cronpy_cmd  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-PY = sys.executable
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
-RESULTS: list[tuple[str, str, str]] = []  # (workload, metric, value)
+VALIDATE_LIMIT = float(os.environ.get("BENCH_VALIDATE_LIMIT", "60"))  # yacron needs ~330 s for 10,000 jobs
 
 
-def cronpy_cmd(*args: str) -> list[str]:
-    exe = shutil.which("cronpy")
-    return [exe, *args] if exe else [PY, "-m", "cronpy", *args]
+@dataclass
+class Row:
+    workload: str
+    metric: str
+    unit: str
+    values: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    digits: int = 1
 
 
-def report(workload: str, metric: str, value: str) -> None:
-    RESULTS.append((workload, metric, value))
-    print(f"  {workload:<10} {metric:<48} {value}", flush=True)
+ROWS: list[Row] = []
 
 
-def wall(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
+def row(workload: str, metric: str, unit: str, digits: int = 1) -> Row:
+    r = Row(workload, metric, unit, digits=digits)
+    ROWS.append(r)
+    return r
+
+
+def put(r: Row, tool: str, value: float) -> None:
+    r.values[tool] = value
+    print(f"  {r.workload:<10} {r.metric:<52} {tool:<12} {value:.{r.digits}f} {r.unit}", flush=True)
+
+
+def wall(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+         timeout: float | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd, check=False)
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd, check=False,
+                   timeout=timeout)
     return time.perf_counter() - start
 
 
@@ -59,7 +86,7 @@ def median_of(fn: Callable[[], float], n: int = REPEAT) -> float:
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
-    """CPU seconds (user+system) and RSS in bytes of a live process, from /proc."""
+    """CPU seconds (user+system, the process itself, not its children) and RSS in bytes."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
@@ -67,6 +94,40 @@ def proc_stats(pid: int) -> tuple[float, int]:
     with open(f"/proc/{pid}/status") as fh:
         rss = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
     return cpu, rss
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * q / 100))]
+
+
+def stamp_script(tmp: Path) -> Path:
+    script = tmp / "stamp.sh"
+    if not script.exists():
+        script.write_text('#!/bin/sh\ndate +%s.%N >> "$1"\n')
+        script.chmod(0o755)
+    return script
+
+
+def stamps(path: Path) -> list[float]:
+    try:
+        return sorted(float(x) for x in path.read_text().split())
+    except FileNotFoundError:
+        return []
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def sleep_until(t: float) -> None:
+    while (left := t - time.time()) > 0:
+        time.sleep(min(left, 1.0))
 
 
 def make_history(db: Path, rows: int, jobs: int = 50) -> None:
@@ -98,7 +159,12 @@ def make_history(db: Path, rows: int, jobs: int = 50) -> None:
 
 # -- workloads ---------------------------------------------------------------------------------
 
-def bench_cli(tmp: Path) -> None:
+def bench_cli(tmp: Path, peers: list[Peer]) -> None:
+    help_row = row("cli", "--help (wall)", "ms", 0)
+    for p in peers:
+        if (cmd := p.help()) is not None:
+            wall(cmd)  # warm the page cache
+            put(help_row, p.name, median_of(lambda c=cmd: wall(c)) * 1000)
     jobs = tmp / "jobs.yaml"
     jobs.write_text("state_dir: state\njobs:\n" + "".join(
         f"  job{i:03d}: {{schedule: '*/5 * * * *', command: 'true'}}\n" for i in range(50)))
@@ -107,164 +173,291 @@ def bench_cli(tmp: Path) -> None:
     t = time.perf_counter()
     make_history(db, rows)
     print(f"  (generated {rows:,} rows in {time.perf_counter() - t:.1f}s)", flush=True)
-    report("cli", "database bytes per row (no output stored)", f"{db.stat().st_size / rows:.0f}")
+    put(row("cli", f"history database bytes per row ({rows:,} rows)", "B", 0), "cronpy", db.stat().st_size / rows)
     env = dict(os.environ, CRONPY_FILE=str(jobs))
     cases = {
-        "cronpy --help": cronpy_cmd("--help"),
-        "completion of job names": cronpy_cmd(),
-        "cronpy history --limit 20": cronpy_cmd("history", "--limit", "20"),
-        "cronpy history job007 --status failed --limit 20": cronpy_cmd("history", "job007", "--status", "failed", "--limit", "20"),
-        "cronpy stats": cronpy_cmd("stats"),
+        "job-name completion (wall)": cronpy_cmd(),
+        "history NAME --status failed --limit 20 (wall)": cronpy_cmd("history", "job007", "--status", "failed", "--limit", "20"),
+        "history --limit 20 (wall)": cronpy_cmd("history", "--limit", "20"),
+        "stats (wall)": cronpy_cmd("stats"),
     }
     for name, cmd in cases.items():
         e = dict(env)
-        if name.startswith("completion"):
+        if name.startswith("job-name"):
             e.update(_CRONPY_COMPLETE="complete_bash", COMP_WORDS="cronpy trigger job0", COMP_CWORD="2")
-        wall(cmd, e, tmp)  # warm the page cache
-        report("cli", name + " (wall, median)", f"{median_of(lambda c=cmd, v=e: wall(c, v, tmp)) * 1000:.0f} ms")
+        wall(cmd, e, tmp)
+        put(row("cli", name, "ms", 0), "cronpy", median_of(lambda c=cmd, v=e: wall(c, v, tmp)) * 1000)
 
 
-def _idle_run(tmp: Path, jobs_text: str, seconds: float, label: str) -> None:
-    jobs = tmp / f"{label}.yaml"
-    jobs.write_text(jobs_text)
-    proc = subprocess.Popen(cronpy_cmd("run", str(jobs), "--state-dir", str(tmp / f"state-{label}")),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(3)  # start-up and first tick
-        cpu0, _ = proc_stats(proc.pid)
-        time.sleep(seconds)
-        cpu1, rss = proc_stats(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-    report("idle", f"{label}: CPU over {seconds:.0f}s", f"{cpu1 - cpu0:.3f} s ({(cpu1 - cpu0) * 60 / seconds:.3f} s/min)")
-    report("idle", f"{label}: RSS", f"{rss / 1e6:.1f} MB")
+def far_jobs(n: int, script: Path, out: Path, *, start: int = 0) -> list[Job]:
+    """n jobs at a minute two hours away: loaded, never due during the workload."""
+    far = datetime.now(timezone.utc) + timedelta(hours=2)
+    return [Job(f"far{i:05d}", str(far.minute), str(far.hour), (str(script), str(out)), second="0")
+            for i in range(start, start + n)]
 
 
-def bench_idle(tmp: Path) -> None:
+def bench_idle(tmp: Path, peers: list[Peer]) -> None:
     seconds = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
-    # jobs.example.yaml as shipped: what a new user runs (its jobs fire every minute or so).
-    example = (REPO / "jobs.example.yaml").read_text().replace("state_dir: .cronpy", "")
-    shutil.copytree(REPO / "examples", tmp / "examples", dirs_exist_ok=True)
-    _idle_run(tmp, example, seconds, "jobs.example.yaml")
-    far = (datetime.now(timezone.utc) + timedelta(hours=2)).strftime("%M %H")
-    many = "jobs:\n" + "".join(f"  j{i:04d}: {{schedule: '{far} * * *', command: 'true'}}\n" for i in range(1000))
-    _idle_run(tmp, many, seconds, "1000 jobs, none due")
-
-
-def bench_precision(tmp: Path) -> None:
-    seconds = float(os.environ.get("BENCH_PRECISION_SECONDS", "60"))
-    jobs = tmp / "precision.yaml"
-    stamp = tmp / "stamps"
-    jobs.write_text(f"jobs:\n  p: {{schedule: '* * * * * *', command: ['{PY}', '-c', "
-                    f"'import time; open(\"{stamp}\", \"a\").write(repr(time.time()) + chr(10))']}}\n")
-    proc = subprocess.Popen(cronpy_cmd("run", str(jobs), "--state-dir", str(tmp / "state-p")),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(seconds + 1)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-    con = sqlite3.connect(tmp / "state-p" / "history.db")
-    late = sorted((s - d) * 1000 for s, d in con.execute("SELECT started_at, scheduled_for FROM runs"))
-    report("precision", f"runs in {seconds:.0f}s", str(len(late)))
-    report("precision", "claim lateness p50 / p99 / max", f"{_pct(late, 50):.2f} / {_pct(late, 99):.2f} / {late[-1]:.2f} ms")
-    # The child's own clock reading, after fork+exec of a Python interpreter: the user-visible start.
-    starts = sorted(float(x) for x in stamp.read_text().split())
-    child = sorted((t - int(t)) * 1000 for t in starts)
-    report("precision", "child start after the due second p50 / p99 (python -c)", f"{_pct(child, 50):.1f} / {_pct(child, 99):.1f} ms")
-    report("precision", "fired early", str(sum(1 for x in late if x < 0)))
-
-
-def bench_burst(tmp: Path) -> None:
-    n = int(os.environ.get("BENCH_BURST_JOBS", "200"))
-    stamps = tmp / "burst"
-    stamps.mkdir()
-    script = tmp / "stamp.sh"
-    # date +%s.%N: a high-resolution timestamp from a tiny shell script, as the suite asks.
-    script.write_text('#!/bin/sh\ndate +%s.%N >> "$1"\n')
-    script.chmod(0o755)
-    results_first, results_last = [], []
-    for _ in range(REPEAT):
-        due = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=4)
-        spec = f"{due.second} {due.minute} {due.hour} * * *"
-        jobs = tmp / "burst.yaml"
-        out = stamps / f"{due.timestamp():.0f}"
-        jobs.write_text(f"max_concurrent: {n}\njobs:\n" + "".join(
-            f"  b{i:03d}: {{schedule: '{spec}', command: ['{script}', '{out}']}}\n" for i in range(n)))
-        proc = subprocess.Popen(cronpy_cmd("run", str(jobs), "--state-dir", str(tmp / f"state-b{due.timestamp():.0f}")),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(max(0.0, due.timestamp() - time.time()) + 3)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        times = sorted(float(x) for x in out.read_text().split())
-        assert len(times) == n, f"{len(times)} of {n} ran"
-        results_first.append(times[0] - due.timestamp())
-        results_last.append(times[-1] - due.timestamp())
-    report("burst", f"{n} jobs due at once: first start (median)", f"{statistics.median(results_first) * 1000:.1f} ms")
-    report("burst", f"{n} jobs due at once: last start (median)", f"{statistics.median(results_last) * 1000:.0f} ms")
-
-
-def bench_overhead(tmp: Path) -> None:
-    n = int(os.environ.get("BENCH_OVERHEAD_RUNS", "2000"))
-    jobs = tmp / "overhead.yaml"
-    # 20 jobs each every second, overlap allowed: 20 runs a second through the whole path.
-    jobs.write_text("max_concurrent: 64\njobs:\n" + "".join(
-        f"  t{i:02d}: {{schedule: '* * * * * *', command: ['true'], overlap: allow}}\n" for i in range(20)))
-    proc = subprocess.Popen(cronpy_cmd("run", str(jobs), "--state-dir", str(tmp / "state-o")),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = tmp / "state-o" / "history.db"
-    time.sleep(2.5)
-    cpu0, _ = proc_stats(proc.pid)
-    c0 = _count(db)
-    while _count(db) - c0 < n:
-        time.sleep(0.5)
-    cpu1, _ = proc_stats(proc.pid)
-    runs = _count(db) - c0
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    report("overhead", f"runner CPU per run ({runs} runs of `true`)", f"{(cpu1 - cpu0) / runs * 1000:.2f} ms")
-
-
-def bench_scale(tmp: Path) -> None:
-    jobs = tmp / "scale.yaml"
-    exprs = ["*/5 * * * *", "0 3 * * *", "H H * * *", "15 */2 * * 1-5", "10m", "0 0 1 * *", "30 4 * * SUN"]
-    jobs.write_text("jobs:\n" + "".join(
-        f"  s{i:05d}: {{schedule: '{exprs[i % len(exprs)]}', command: 'true', timezone: Europe/Lisbon}}\n"
-        for i in range(10000)))
-    t = median_of(lambda: wall(cronpy_cmd("validate", str(jobs))))
-    report("scale", "cronpy validate, 10,000 jobs (wall)", f"{t:.2f} s")
-
-
-def _count(db: Path) -> int:
+    script = stamp_script(tmp)
+    cpu_row = row("idle", f"1,000 jobs, none due: CPU per minute ({seconds:.0f} s)", "s", 3)
+    rss_row = row("idle", "1,000 jobs, none due: RSS", "MB", 1)
+    procs: dict[str, tuple[Peer, subprocess.Popen[bytes]]] = {}
+    for p in peers:
+        work = tmp / p.name
+        work.mkdir()
+        jobs = far_jobs(1000, script, tmp / "never")
+        if not p.seconds:
+            jobs = [Job(j.name, j.minute, j.hour, j.argv) for j in jobs]
+        procs[p.name] = (p, p.start(jobs, work, max_concurrent=4))
+    # jobs.example.yaml as shipped (its jobs fire every minute or so): what a new user runs.
+    example_row = None
+    if any(isinstance(p, Cronpy) for p in peers):
+        example = (REPO / "jobs.example.yaml").read_text().replace("state_dir: .cronpy", "")
+        shutil.copytree(REPO / "examples", tmp / "examples", dirs_exist_ok=True)
+        (tmp / "example.yaml").write_text(example)
+        example_row = row("idle", "jobs.example.yaml: CPU per minute / RSS MB", "s", 3)
+        procs["example"] = (Cronpy(), subprocess.Popen(
+            cronpy_cmd("run", str(tmp / "example.yaml"), "--state-dir", str(tmp / "example-state")),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
-        con = sqlite3.connect(db, timeout=10)
+        settle(procs)
+        before = {name: proc_stats(proc.pid)[0] for name, (_, proc) in procs.items()}
+        time.sleep(seconds)
+        after = {name: proc_stats(proc.pid) for name, (_, proc) in procs.items()}
+    finally:
+        for p, proc in procs.values():
+            p.stop(proc)
+    for name, (cpu, rss) in after.items():
+        per_min = (cpu - before[name]) * 60 / seconds
+        if name == "example" and example_row:
+            put(example_row, "cronpy", per_min)
+            example_row.notes["cronpy"] = f"{per_min:.3f} s, {rss / 1e6:.1f} MB"
+        else:
+            put(cpu_row, name, per_min)
+            put(rss_row, name, rss / 1e6)
+
+
+def settle(procs: dict[str, tuple[Peer, subprocess.Popen[bytes]]], limit: float = 120) -> None:
+    """Wait until every process has finished starting up (parsing 1,000 jobs takes yacron
+    several seconds): its CPU time stops growing for a whole second."""
+    deadline = time.monotonic() + limit
+    last = {name: -1.0 for name in procs}
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = {name: proc_stats(proc.pid)[0] for name, (_, proc) in procs.items()}
+        if all(now[n] - last[n] < 0.02 for n in procs):
+            return
+        last = now
+
+
+def lateness_ms(ts: list[float]) -> list[float]:
+    """Signed lateness of each stamp against the nearest whole second (every-second jobs):
+    negative means the child started before the second it was due at."""
+    return [(t - round(t)) * 1000 for t in ts]
+
+
+def bench_precision(tmp: Path, peers: list[Peer]) -> None:
+    seconds = float(os.environ.get("BENCH_PRECISION_SECONDS", "60"))
+    script = stamp_script(tmp)
+    p50 = row("precision", "every second for a minute: child start p50 late", "ms", 2)
+    p99 = row("precision", "every second for a minute: child start p99 late", "ms", 2)
+    early = row("precision", "every second for a minute: children started early", "", 0)
+    for p in peers:
+        if not p.seconds:
+            p50.notes[p.name] = p99.notes[p.name] = early.notes[p.name] = "minute granularity"
+            continue
+        work = tmp / p.name
+        work.mkdir()
+        out = work / "stamps"
+        proc = p.start([Job("p", "*", "*", (str(script), str(out)), second="*")], work, max_concurrent=4)
         try:
-            return int(con.execute("SELECT count(*) FROM runs WHERE status != 'running'").fetchone()[0])
+            wait_for(lambda o=out: bool(stamps(o)), 30)
+            time.sleep(seconds)
         finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
+            p.stop(proc)
+        late = lateness_ms(stamps(out)[1:])  # the first may be the start-up instant
+        put(p50, p.name, pct(late, 50))
+        put(p99, p.name, pct(late, 99))
+        put(early, p.name, sum(1 for x in late if x < 0))
 
 
-def _pct(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q / 100))]
+def bench_burst(tmp: Path, peers: list[Peer]) -> None:
+    n = int(os.environ.get("BENCH_BURST_JOBS", "200"))
+    script = stamp_script(tmp)
+    first_row = row("burst", f"{n} jobs due at once: first start after due", "ms", 1)
+    last_row = row("burst", f"{n} jobs due at once: last start after due", "ms", 0)
+    firsts: dict[str, list[float]] = {p.name: [] for p in peers}
+    lasts: dict[str, list[float]] = {p.name: [] for p in peers}
+    for rep in range(REPEAT):
+        for p in peers:
+            work = tmp / f"{p.name}-{rep}"
+            work.mkdir()
+            out = work / "stamps"
+            now = time.time()
+            if p.seconds:
+                due = math.floor(now) + 4
+                jobs = [Job(f"b{i:03d}", *_at(due), (str(script), str(out)), second=str(int(due) % 60)) for i in range(n)]
+            else:
+                due = (math.floor(now / 60) + 1) * 60
+                if due - now < 5:
+                    due += 60
+                jobs = [Job(f"b{i:03d}", *_at(due), (str(script), str(out))) for i in range(n)]
+            if due - now > 10:
+                sleep_until(due - 8)
+            proc = p.start(jobs, work, max_concurrent=n)
+            try:
+                sleep_until(due)
+                wait_for(lambda o=out: len(stamps(o)) >= n, 30, 0.2)
+            finally:
+                p.stop(proc)
+            ts = stamps(out)
+            if len(ts) < n:
+                print(f"  burst: {p.name} started {len(ts)} of {n}", flush=True)
+            if ts:
+                firsts[p.name].append((ts[0] - due) * 1000)
+                lasts[p.name].append((ts[-1] - due) * 1000)
+    for p in peers:
+        if firsts[p.name]:
+            put(first_row, p.name, statistics.median(firsts[p.name]))
+            put(last_row, p.name, statistics.median(lasts[p.name]))
+
+
+def _at(t: float) -> tuple[str, str]:
+    d = datetime.fromtimestamp(t, timezone.utc)
+    return str(d.minute), str(d.hour)
+
+
+def bench_overhead(tmp: Path, peers: list[Peer]) -> None:
+    n = int(os.environ.get("BENCH_OVERHEAD_RUNS", "2000"))
+    per_second = 80
+    script = stamp_script(tmp)
+    r = row("overhead", f"scheduler CPU per run ({n:,} runs, {per_second} a second)", "ms", 2)
+    for p in peers:
+        if not p.seconds:
+            r.notes[p.name] = "minute granularity"
+            continue
+        work = tmp / p.name
+        work.mkdir()
+        out = work / "stamps"
+        jobs = [Job(f"t{i:02d}", "*", "*", (str(script), str(out)), second="*") for i in range(per_second)]
+        proc = p.start(jobs, work, max_concurrent=per_second)
+        try:
+            wait_for(lambda o=out: len(stamps(o)) >= per_second, 30)
+            time.sleep(1.5)
+            cpu0, _ = proc_stats(proc.pid)
+            c0 = len(stamps(out))
+            wait_for(lambda o=out, c=c0: len(stamps(o)) - c >= n, n / per_second * 3, 0.25)
+            cpu1, _ = proc_stats(proc.pid)
+            runs = len(stamps(out)) - c0
+        finally:
+            p.stop(proc)
+        put(r, p.name, (cpu1 - cpu0) / runs * 1000)
+
+
+def bench_scale(tmp: Path, peers: list[Peer]) -> None:
+    script = stamp_script(tmp)
+    jobs = [Job(f"s{i:05d}", str(i % 60), "*" if i % 3 else f"*/{1 + i % 12}", (str(script), "out"), second="0")
+            for i in range(10000)]
+    r = row("scale", "load and validate 10,000 jobs (wall)", "s", 2)
+    for p in peers:
+        work = tmp / f"{p.name}-validate"
+        work.mkdir()
+        cmd = p.validate(jobs if p.seconds else [Job(j.name, j.minute, j.hour, j.argv) for j in jobs], work)
+        if cmd is None:
+            r.notes[p.name] = "no validate mode"
+            continue
+        try:
+            first = wall(cmd, timeout=VALIDATE_LIMIT)
+        except subprocess.TimeoutExpired:
+            r.notes[p.name] = f"> {VALIDATE_LIMIT:.0f} s, stopped"
+            continue
+        # A peer that takes many seconds is measured once: repeats would not change the verdict.
+        put(r, p.name, first if first > 15 else statistics.median([first, *(wall(cmd) for _ in range(REPEAT - 1))]))
+    window = float(os.environ.get("BENCH_DISPATCH_SECONDS", "10"))
+    for size in (10, 10000):
+        d = row("scale", f"every-second job with {size:,} jobs loaded: p50 late", "ms", 2)
+        for p in peers:
+            if not p.seconds:
+                d.notes[p.name] = "minute granularity"
+                continue
+            work = tmp / f"{p.name}-{size}"
+            work.mkdir()
+            out = work / "stamps"
+            loaded = [Job("tick", "*", "*", (str(script), str(out)), second="*"), *far_jobs(size - 1, script, work / "never")]
+            proc = p.start(loaded, work, max_concurrent=4)
+            try:
+                wait_for(lambda o=out: bool(stamps(o)), 60)
+                time.sleep(window + 0.5)
+            finally:
+                p.stop(proc)
+            put(d, p.name, pct(lateness_ms(stamps(out)[1:]), 50))
 
 
 WORKLOADS = {"cli": bench_cli, "idle": bench_idle, "precision": bench_precision, "burst": bench_burst,
              "overhead": bench_overhead, "scale": bench_scale}
 
 
+# -- the table ---------------------------------------------------------------------------------
+
+def table(peers: list[Peer], skipped: dict[str, str]) -> str:
+    names = [p.name for p in peers] + list(skipped)
+    head = ["workload", "metric", *names, "ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in ROWS:
+        cells = [r.workload, f"{r.metric}" + (f" ({r.unit})" if r.unit else "")]
+        for name in names:
+            if name in r.notes and name not in r.values:
+                cells.append(f"n/a ({r.notes[name]})")
+            elif name in r.notes:
+                cells.append(r.notes[name])
+            elif name in r.values:
+                cells.append(f"{r.values[name]:.{r.digits}f}")
+            else:
+                cells.append("—")
+        ours = r.values.get("cronpy")
+        others = [v for k, v in r.values.items() if k != "cronpy"]
+        if ours is not None and others and ours > 0:
+            cells.append(f"{min(others) / ours:.1f}×")
+        else:
+            cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
-    names = argv or list(WORKLOADS)
-    unknown = [n for n in names if n not in WORKLOADS]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workloads", nargs="*", metavar="workload", help=", ".join(WORKLOADS) + " (default: all)")
+    ap.add_argument("--only", action="append", metavar="TOOL",
+                    help="measure only these tools (cronpy, cron, yacron, APScheduler); repeatable")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.workloads if n not in WORKLOADS]
     if unknown:
         print(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
         return 2
-    print(f"# cronpy bench, {datetime.now().date()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    for name in names:
+    started = time.monotonic()
+    wanted = [p for p in ALL if not args.only or p.name in args.only]
+    peers: list[Peer] = []
+    skipped: dict[str, str] = {}
+    for p in wanted:
+        try:
+            p.setup()
+            peers.append(p)
+        except Unavailable as exc:
+            skipped[p.name] = str(exc)
+            print(f"# {p.name}: not measured: {exc}", flush=True)
+    print(f"# cronpy bench, {datetime.now().date()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"tools: {', '.join(p.name for p in peers)}", flush=True)
+    for name in args.workloads or list(WORKLOADS):
         with tempfile.TemporaryDirectory(prefix=f"cronpy-bench-{name}-") as d:
-            WORKLOADS[name](Path(d))
+            WORKLOADS[name](Path(d), peers)
+    print()
+    print(table(peers, skipped))
+    for name, why in skipped.items():
+        print(f"\n{name}: not measured: {why}")
+    print(f"\n(medians of {REPEAT}; ratio = best peer / cronpy, above 1 means cronpy is ahead; "
+          f"{(time.monotonic() - started) / 60:.1f} minutes)")
     if os.environ.get("BENCH_JSON"):
-        Path(os.environ["BENCH_JSON"]).write_text(json.dumps(RESULTS, indent=2))
+        Path(os.environ["BENCH_JSON"]).write_text(json.dumps([r.__dict__ for r in ROWS], indent=2))
     return 0
 
 
