@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ TAIL_BYTES = 64 * 1024  # the output kept per run, for history and hooks
 LINE_BYTES = 16 * 1024  # a longer line is passed through in pieces of this size
 RESULT_BYTES = 1024 * 1024  # a Python result larger than this is not stored
 _READ_CHUNK = 64 * 1024
+DRAIN = 1.0  # seconds output is still read after the job's leader exits
 
 OutputSink = Callable[[str], None]
 
@@ -98,6 +100,9 @@ class Attempt:
         self.sink = sink
         self.base_dir = base_dir or Path.cwd()
         self._cancel = threading.Event()
+        # cancel() writes here to wake the watching thread from select() at once.
+        self._wake_r, self._wake_w = os.pipe()
+        self._wake_lock = threading.Lock()  # cancel() must not write to a closed (reused) fd
         self._cancel_reason = RunStatus.INTERRUPTED
         self._result_dir: tempfile.TemporaryDirectory[str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -157,6 +162,12 @@ class Attempt:
         """Ask the attempt to stop: TERM to its process group, KILL after the grace period."""
         self._cancel_reason = reason
         self._cancel.set()
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"x")
+                except OSError:
+                    pass
 
     def _signal_group(self, sig: int) -> None:
         assert self.proc is not None
@@ -165,45 +176,13 @@ class Attempt:
         except ProcessLookupError:
             pass
 
-    def _terminate(self, reader: threading.Thread) -> None:
-        """TERM the group; KILL it if the leader or its output are still there after the grace."""
-        self._signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + self.spec.kill_grace
-        assert self.proc is not None
-        while time.monotonic() < deadline:
-            # Wait for the leader *and* for the pipe to close: a grandchild holding stdout is
-            # still alive, and must not survive its job.
-            if self.proc.poll() is not None and not reader.is_alive():
-                break
-            reader.join(0.02)
-        self._signal_group(signal.SIGKILL)
-
     def wait(self) -> AttemptResult:
         """Stream output until the attempt ends; return its outcome."""
         if self.proc is None:
             return AttemptResult(RunStatus.FAILED, None, 0.0, "", error=self.start_error)
         tail = _Tail()
-        reader = threading.Thread(target=self._pump, args=(tail,), daemon=True, name=f"out-{self.spec.name}")
-        reader.start()
-        timeout = self.spec.timeout
-        deadline = self._started + timeout if timeout else None
-        status: RunStatus | None = None
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                status = RunStatus.TIMEOUT
-                break
-            if self._cancel.wait(min(remaining, 0.05) if remaining is not None else 0.05):
-                status = self._cancel_reason
-                break
-            if self.proc.poll() is not None:
-                break
-        if status is not None:
-            self._terminate(reader)
+        status = self._watch(_Lines(tail, self.sink))
         code = self.proc.wait()
-        # The leader is gone; its output may still be in the pipe. A background process it left
-        # behind may hold the pipe open for ever, so stop reading after a short drain.
-        reader.join(1.0)
         duration = time.monotonic() - self._started
         result, error = None, None
         if status is None:
@@ -239,40 +218,134 @@ class Attempt:
             return None, "the entry point's result could not be read"
         return data.get("result"), data.get("error")
 
-    def _pump(self, tail: _Tail) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        pending = bytearray()
+    def _watch(self, lines: "_Lines") -> RunStatus | None:
+        """Read output and wait for the end, the deadline or a cancel, in this one thread.
+
+        select() on the output pipe, a pidfd of the leader (woken by its exit: no polling)
+        and the cancel pipe. On timeout or cancel: TERM to the group, KILL after the grace
+        unless the leader is gone and the pipe closed. After the leader exits, output is
+        drained for at most DRAIN seconds: a daemon it left behind may hold the pipe open for
+        ever. Returns the status that stopped the run, None if it ended by itself.
+        """
+        proc = self.proc
+        assert proc is not None and proc.stdout is not None
+        fd = proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ, "out")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        pidfd = _pidfd_open(proc.pid)
+        if pidfd is not None:
+            sel.register(pidfd, selectors.EVENT_READ, "exit")
+        deadline = self._started + self.spec.timeout if self.spec.timeout else None
+        status: RunStatus | None = None
+        kill_at: float | None = None
+        drain_until: float | None = None
+        pipe_open = True
         try:
             while True:
-                chunk = os.read(fd, _READ_CHUNK)
-                if not chunk:
+                now = time.monotonic()
+                if status is None and (self._cancel.is_set() or (deadline is not None and now >= deadline)):
+                    status = self._cancel_reason if self._cancel.is_set() else RunStatus.TIMEOUT
+                    self._signal_group(signal.SIGTERM)
+                    kill_at = now + self.spec.kill_grace
+                if kill_at is not None and now >= kill_at:
+                    self._signal_group(signal.SIGKILL)
+                    kill_at = None
+                    if drain_until is not None:
+                        drain_until = max(drain_until, now + DRAIN)  # the killed group's last output
+                if drain_until is None and proc.poll() is not None:
+                    drain_until = now + DRAIN
+                    if pidfd is not None:
+                        sel.unregister(pidfd)
+                # While a TERM'd group has its grace, a child of it may still hold the pipe:
+                # wait for the KILL rather than stop reading.
+                if drain_until is not None and (not pipe_open or (now >= drain_until and kill_at is None)):
                     break
-                tail.add(chunk)
-                if self.sink is None:
-                    continue
-                pending += chunk
-                while True:
-                    nl = pending.find(b"\n")
-                    if nl < 0:
-                        # A line that never ends is passed on in bounded pieces.
-                        while len(pending) >= LINE_BYTES:
-                            self.sink(pending[:LINE_BYTES].decode("utf-8", errors="replace"))
-                            del pending[:LINE_BYTES]
-                        break
-                    self.sink(pending[:nl].decode("utf-8", errors="replace").rstrip("\r"))
-                    del pending[: nl + 1]
-            if pending and self.sink is not None:
-                self.sink(pending.decode("utf-8", errors="replace"))
-        except OSError:
-            pass
+                waits = [t - now for t in (deadline if status is None else None, kill_at, drain_until) if t is not None]
+                if pidfd is None and drain_until is None:
+                    waits.append(0.05)  # no pidfd (not Linux): poll for the exit
+                for key, _ in sel.select(max(0.0, min(waits)) if waits else None):
+                    if key.data == "out":
+                        pipe_open = self._read_some(fd, lines)
+                        if not pipe_open:
+                            sel.unregister(fd)
+                    elif key.data == "wake":
+                        os.read(self._wake_r, 512)
+            if status is not None:
+                self._signal_group(signal.SIGKILL)  # what is left of the group after the grace
         finally:
-            self.proc.stdout.close()
+            lines.close()
+            sel.close()
+            if pidfd is not None:
+                os.close(pidfd)
+            proc.stdout.close()
+        return status
+
+    @staticmethod
+    def _read_some(fd: int, lines: "_Lines") -> bool:
+        """Read what the pipe holds; False at end of file."""
+        while True:
+            try:
+                chunk = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            lines.feed(chunk)
+            if len(chunk) < _READ_CHUNK:
+                return True
 
     def _cleanup(self) -> None:
         if self._result_dir is not None:
             self._result_dir.cleanup()
             self._result_dir = None
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
+
+
+class _Lines:
+    """Output as it arrives: all of it into the tail, and whole lines to the sink."""
+
+    def __init__(self, tail: _Tail, sink: OutputSink | None) -> None:
+        self.tail = tail
+        self.sink = sink
+        self.pending = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.tail.add(chunk)
+        if self.sink is None:
+            return
+        pending = self.pending
+        pending += chunk
+        while True:
+            nl = pending.find(b"\n")
+            if nl < 0:
+                # A line that never ends is passed on in bounded pieces.
+                while len(pending) >= LINE_BYTES:
+                    self.sink(pending[:LINE_BYTES].decode("utf-8", errors="replace"))
+                    del pending[:LINE_BYTES]
+                return
+            self.sink(pending[:nl].decode("utf-8", errors="replace").rstrip("\r"))
+            del pending[: nl + 1]
+
+    def close(self) -> None:
+        if self.pending and self.sink is not None:
+            self.sink(self.pending.decode("utf-8", errors="replace"))
+        self.pending.clear()
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A file descriptor that becomes readable when `pid` exits (Linux 5.3+), else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def run_attempt(spec: JobSpec, context: RunContext, *, sink: OutputSink | None = None,
