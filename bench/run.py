@@ -215,7 +215,7 @@ def bench_idle(tmp: Path, peers: list[Peer]) -> None:
         example = (REPO / "jobs.example.yaml").read_text().replace("state_dir: .cronpy", "")
         shutil.copytree(REPO / "examples", tmp / "examples", dirs_exist_ok=True)
         (tmp / "example.yaml").write_text(example)
-        example_row = row("idle", "jobs.example.yaml: CPU per minute / RSS MB", "s", 3)
+        example_row = row("idle", "jobs.example.yaml: CPU per minute, RSS", "", 3)
         procs["example"] = (Cronpy(), subprocess.Popen(
             cronpy_cmd("run", str(tmp / "example.yaml"), "--state-dir", str(tmp / "example-state")),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
