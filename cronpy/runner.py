@@ -368,7 +368,9 @@ class Runner:
                 queue_lock = self.locks.job(d.job)
                 try:
                     queue_lock.acquire(now=now, write_holder=False)
-                except LockHeld:
+                except (LockHeld, OSError) as exc:
+                    if isinstance(exc, OSError):
+                        log.error("%s: cannot take the job lock, retrying on the next tick: %s", d.job, exc)
                     if d.job not in self._queued:
                         self._queued[d.job] = d  # retried on the next tick that finds it free
                     continue
@@ -378,6 +380,7 @@ class Runner:
             slots -= 1
         spawned: list[_Active] = []
         held_elsewhere: list[tuple[Due, int, str]] = []
+        lock_failed: list[tuple[Due, int, str]] = []
         skipped_ids: list[int | None] = []
         # Claim a small first batch alone, so the first child starts after a one-row commit
         # (~1 ms) instead of after the whole burst's (~20 ms for 200 rows); skipped rows ride
@@ -407,6 +410,9 @@ class Runner:
                     except LockHeld as exc:
                         held_elsewhere.append((d, run_id, str(exc)))
                         continue
+                    except OSError as exc:  # no descriptors left, an unwritable state dir
+                        lock_failed.append((d, run_id, f"could not take the job lock: {exc}"))
+                        continue
                 self._until(d.when)
                 spawned.append(self._spawn(spec, d, run_id, lock, max(now, d.when)))
             if last:
@@ -431,6 +437,10 @@ class Runner:
             self._record(lambda r=run_id, why=reason: self.history.finish_run(  # type: ignore[misc]
                 r, RunStatus.SKIPPED, now, duration=0.0, error=why))
             log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
+        for d, run_id, reason in lock_failed:
+            self._record(lambda r=run_id, why=reason: self.history.finish_run(  # type: ignore[misc]
+                r, RunStatus.FAILED, now, duration=0.0, error=why))
+            log.error("%s: run %d (%s) failed to start: %s", d.job, run_id, d.trigger.value, reason)
         for (d, reason), run_id in zip(skipped, skipped_ids):
             if run_id is not None:
                 log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
@@ -475,7 +485,10 @@ class Runner:
         result: AttemptResult | None = None
         try:
             if active.lock is not None:
-                active.lock.set_holder(run_id=active.run_id)
+                try:
+                    active.lock.set_holder(run_id=active.run_id)
+                except OSError as exc:  # who holds the lock is for `status`; the run goes on
+                    log.warning("%s: cannot write the lock holder file: %s", spec.name, exc)
             if attempt.pid is not None and active.run_id > 0 and not active.pid_recorded:
                 self._record(lambda: self.history.set_pids([(active.run_id, attempt.pid or 0)]))
             self._notify(lambda o: o.run_started(spec, active.run_id))
