@@ -100,16 +100,20 @@ class Attempt:
         self.sink = sink
         self.base_dir = base_dir or Path.cwd()
         self._cancel = threading.Event()
-        # cancel() writes here to wake the watching thread from select() at once.
-        self._wake_r, self._wake_w = os.pipe()
+        # cancel() writes here to wake the watching thread from poll() at once: an eventfd
+        # (one descriptor) where there is one, else a pipe.
+        self._wake_r = self._wake_w = -1
         self._wake_lock = threading.Lock()  # cancel() must not write to a closed (reused) fd
         self._cancel_reason = RunStatus.INTERRUPTED
         self._result_dir: tempfile.TemporaryDirectory[str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_error: str | None = None
         self._started = time.monotonic()
-        argv, env = self._argv_env(extra_env or {}, base_env)
+        # Anything that fails here (no descriptors left, a full /tmp, a missing program)
+        # fails this attempt, not the runner.
         try:
+            self._wake_r, self._wake_w = _wake_fds()
+            argv, env = self._argv_env(extra_env or {}, base_env)
             self.proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -165,7 +169,7 @@ class Attempt:
         with self._wake_lock:
             if self._wake_w >= 0:
                 try:
-                    os.write(self._wake_w, b"x")
+                    os.write(self._wake_w, _ONE)
                 except OSError:
                     pass
 
@@ -231,7 +235,7 @@ class Attempt:
         assert proc is not None and proc.stdout is not None
         fd = proc.stdout.fileno()
         os.set_blocking(fd, False)
-        sel = selectors.DefaultSelector()
+        sel = selectors.PollSelector()  # no descriptor of its own, unlike epoll
         sel.register(fd, selectors.EVENT_READ, "out")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         pidfd = _pidfd_open(proc.pid)
@@ -271,7 +275,7 @@ class Attempt:
                         if not pipe_open:
                             sel.unregister(fd)
                     elif key.data == "wake":
-                        os.read(self._wake_r, 512)
+                        os.read(self._wake_r, 8)
             if status is not None:
                 self._signal_group(signal.SIGKILL)  # what is left of the group after the grace
         finally:
@@ -303,7 +307,7 @@ class Attempt:
             self._result_dir.cleanup()
             self._result_dir = None
         with self._wake_lock:
-            for fd in (self._wake_r, self._wake_w):
+            for fd in {self._wake_r, self._wake_w}:
                 if fd >= 0:
                     os.close(fd)
             self._wake_r = self._wake_w = -1
@@ -338,6 +342,39 @@ class _Lines:
         if self.pending and self.sink is not None:
             self.sink(self.pending.decode("utf-8", errors="replace"))
         self.pending.clear()
+
+
+_ONE = (1).to_bytes(8, sys.byteorder)  # what an eventfd counts up by (fine for a pipe too)
+
+# Descriptors a running job holds in this process: its output pipe, the wake eventfd and the
+# pidfd (a pipe end more without eventfd), and its job lock file.
+FDS_PER_RUN = 4
+
+
+def _wake_fds() -> tuple[int, int]:
+    if hasattr(os, "eventfd"):
+        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        return fd, fd
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    return r, w
+
+
+def ensure_fd_budget(concurrent_runs: int) -> tuple[int, int, int]:
+    """Raise the soft limit on open files (up to the hard limit) so that `concurrent_runs`
+    jobs can run at once: systemd's default soft limit is 1,024.
+
+    Returns the soft limit before and after, and what `concurrent_runs` needs."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = FDS_PER_RUN * concurrent_runs + 256  # + the database, locks, sockets, stdio
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            return soft, new, needed
+    return soft, soft, needed
 
 
 def _pidfd_open(pid: int) -> int | None:

@@ -24,7 +24,7 @@ from cronpy.clock import Clock, SystemClock
 from cronpy.config import get_job, load_jobs
 from cronpy.paths import resolve_state_dir
 from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld
-from cronpy.executor import terminate_run
+from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.history import HOST, History
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
@@ -148,6 +148,7 @@ class _Reloader:
             log.error("reload rejected, the old jobs keep running:\n%s", exc)
         else:
             added, removed, changed = self.runner.reload(jobs, self.clock.now())
+            _fd_budget(jobs)
             log.info("reloaded %s: %d job(s); added %s, removed %s, changed %s", self.path, len(jobs.jobs),
                      ", ".join(added) or "none", ", ".join(removed) or "none", ", ".join(changed) or "none")
         self.notifier.ready(_summary(self.runner))
@@ -170,6 +171,15 @@ def _recover(history: History, jobs: JobSet, now: datetime) -> None:
                 history.note_error(rec.id, note)
         log.warning("%s: run %d was left running by a runner that died; marked interrupted%s",
                     rec.job, rec.id, f" ({note})" if note else "")
+
+
+def _fd_budget(jobs: JobSet) -> None:
+    before, after, needed = ensure_fd_budget(jobs.max_concurrent)
+    if after > before:
+        log.debug("raised the open-files limit from %d to %d for max_concurrent %d", before, after, jobs.max_concurrent)
+    if after < needed:
+        log.warning("the open-files limit (%d) may be too low for max_concurrent %d; raise LimitNOFILE=",
+                    after, jobs.max_concurrent)
 
 
 STATUS_FILE = "runner.json"
@@ -197,6 +207,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch
     clock = clock or SystemClock()
     jobs = load_jobs(jobs_file, now=clock.now())  # nothing starts unless the whole file is valid
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+    _fd_budget(jobs)
     history = History.open(sd)
     locks = Locks(sd)
     integrations = Integrations()

@@ -315,3 +315,57 @@ def test_children_start_at_their_second_never_before_it(jobs_file, tmp_path: Pat
     assert all(0 <= off < 0.5 for off in offsets), offsets
     rows = query(tmp_path / "state" / "history.db", "SELECT scheduled_for, started_at FROM runs")
     assert rows and all(started >= scheduled for scheduled, started in rows)
+
+
+def test_many_concurrent_jobs_start_under_a_low_open_files_limit(jobs_file, tmp_path: Path) -> None:
+    # Each running job holds a few descriptors in the runner (output, wake, pidfd, lock).
+    # With systemd's soft limit of 1,024 and a high max_concurrent, starts failed with
+    # "Too many open files"; the runner raises its soft limit to what max_concurrent needs.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"hard open-files limit {hard} is below what the test needs")
+    n = 120
+    path = jobs_file(f"state_dir: state\nmax_concurrent: {n}\njobs:\n" + "".join(
+        f"  j{i:03d}: {{schedule: '@yearly', run_on_start: true, command: ['sleep', '2']}}\n" for i in range(n)))
+    db = tmp_path / "state" / "history.db"
+    full = dict(os.environ)
+    full.pop("CRONPY_STATE_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cronpy", "run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=full, cwd=tmp_path,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    try:
+        assert wait_for(lambda: len(query(db, "SELECT 1 FROM runs WHERE status != 'running'")) >= n, timeout=60)
+    finally:
+        stop(proc)
+    statuses = query(db, "SELECT status, count(*), max(error) FROM runs GROUP BY status")
+    assert statuses == [("success", n, None)], statuses
+
+
+def test_running_out_of_descriptors_fails_those_runs_clearly_and_the_runner_carries_on(jobs_file, tmp_path: Path) -> None:
+    # A hard limit the runner cannot raise: the runs that find no descriptor fail with the
+    # reason, the others succeed, and the runner keeps running.
+    import resource
+
+    n = 120
+    path = jobs_file(f"state_dir: state\nmax_concurrent: {n}\njobs:\n" + "".join(
+        f"  j{i:03d}: {{schedule: '@yearly', run_on_start: true, command: ['sleep', '1']}}\n" for i in range(n)))
+    db = tmp_path / "state" / "history.db"
+    log = tmp_path / "runner.log"
+    full = dict(os.environ)
+    full.pop("CRONPY_STATE_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cronpy", "run", str(path)], stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+        env=full, cwd=tmp_path, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)))
+    try:
+        assert wait_for(lambda: len(query(db, "SELECT 1 FROM runs WHERE status != 'running'")) >= n, timeout=60)
+        assert proc.poll() is None, "the runner died"
+    finally:
+        stop(proc)
+    by_status = dict(query(db, "SELECT status, count(*) FROM runs GROUP BY status"))
+    assert by_status.get("success", 0) > 0 and by_status.get("failed", 0) > 0, by_status
+    errors = {e for (e,) in query(db, "SELECT error FROM runs WHERE status = 'failed'")}
+    assert all("Too many open files" in e for e in errors), errors
+    assert "open-files limit (200) may be too low for max_concurrent 120" in log.read_text()
