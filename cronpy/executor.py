@@ -222,11 +222,11 @@ class Attempt:
             return None, "the entry point's result could not be read"
         return data.get("result"), data.get("error")
 
-    def _watch(self, lines: "_Lines") -> RunStatus | None:
+    def _watch(self, lines: _Lines) -> RunStatus | None:
         """Read output and wait for the end, the deadline or a cancel, in this one thread.
 
-        select() on the output pipe, a pidfd of the leader (woken by its exit: no polling)
-        and the cancel pipe. On timeout or cancel: TERM to the group, KILL after the grace
+        poll() on the output pipe, a pidfd of the leader (woken by its exit: no polling)
+        and the wake eventfd that cancel() writes to. On timeout or cancel: TERM to the group, KILL after the grace
         unless the leader is gone and the pipe closed. After the leader exits, output is
         drained for at most DRAIN seconds: a daemon it left behind may hold the pipe open for
         ever. Returns the status that stopped the run, None if it ended by itself.
@@ -287,7 +287,7 @@ class Attempt:
         return status
 
     @staticmethod
-    def _read_some(fd: int, lines: "_Lines") -> bool:
+    def _read_some(fd: int, lines: _Lines) -> bool:
         """Read what the pipe holds; False at end of file."""
         while True:
             try:
