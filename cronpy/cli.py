@@ -18,6 +18,7 @@ from cronpy.errors import CronpyError, UsageError
 
 if TYPE_CHECKING:
     from cronpy.models import JobSet
+    from cronpy.store import Store
 
 app = typer.Typer(
     name="cronpy",
@@ -41,6 +42,9 @@ FileOpt = Annotated[Optional[Path], typer.Option(
 StateDirOpt = Annotated[Optional[Path], typer.Option(
     "--state-dir", help="History and locks (default: $CRONPY_STATE_DIR, the file's state_dir, "
     "$STATE_DIRECTORY, $XDG_STATE_HOME/cronpy).", show_default=False)]
+StoreOpt = Annotated[Optional[str], typer.Option(
+    "--store", help="A postgresql:// URL shared by a fleet of runners (default: $CRONPY_STORE, the file's "
+    "store; without one, SQLite in the state dir).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 NameArg = Annotated[str, typer.Argument(help="Job name.", autocompletion=_complete_jobs, show_default=False)]
 SinceOpt = Annotated[Optional[str], typer.Option(
@@ -80,6 +84,17 @@ def _state_dir_for_reading(file: Path | None, state_dir: Path | None) -> Path:
     return resolve_state_dir(str(state_dir) if state_dir else None, None)
 
 
+def _store_for_reading(file: Path | None, state_dir: Path | None, store: str | None) -> Store:
+    """The history to read: the fleet's store if one is named, else the state dir's SQLite."""
+    from cronpy.paths import file_setting, find_jobs_file, resolve_store
+    from cronpy.store import open_store
+
+    url = store or os.environ.get("CRONPY_STORE") or None
+    if url is None:
+        url = resolve_store(None, file_setting(find_jobs_file(str(file) if file else None), "store"))
+    return open_store(url, _state_dir_for_reading(file, state_dir) if not url else Path("."), readonly=True)
+
+
 def _since(text: str | None) -> datetime | None:
     if text is None:
         return None
@@ -100,6 +115,7 @@ def _since(text: str | None) -> datetime | None:
 def run(
     jobs_file: Annotated[Path, typer.Argument(help="The jobs file.", show_default=False)],
     state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
     watch: Annotated[bool, typer.Option("--watch", help="Reload when the jobs file changes (as on SIGHUP).")] = False,
     metrics_port: Annotated[Optional[int], typer.Option(
         "--metrics-port", help="Serve Prometheus metrics on this port (needs the `metrics` extra).")] = None,
@@ -110,13 +126,15 @@ def run(
 
     SIGHUP (or a change of the file, with --watch) reloads it without interrupting running
     jobs; an invalid file is rejected and the old jobs keep running. Several runners may share
-    a state dir: one schedules, the others stand by and take over within a second.
+    a state dir: one schedules, the others stand by and take over within a second. With
+    --store postgresql://…, runners on many hosts share one schedule: the leader holds a
+    lease, and a standby takes over within `leader_lease` of the leader's last renewal.
 
     Example: cronpy run jobs.yaml --watch
     """
     from cronpy import service
 
-    _guard(lambda: service.run(jobs_file, state_dir, verbose=verbose, watch=watch, metrics_port=metrics_port,
+    _guard(lambda: service.run(jobs_file, state_dir, store=store, verbose=verbose, watch=watch, metrics_port=metrics_port,
                                metrics_address=metrics_address))
 
 
@@ -125,6 +143,7 @@ def trigger(
     name: NameArg,
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
     wait: Annotated[float, typer.Option(
         "--wait", help="If the job is running elsewhere, wait up to this many seconds for it.")] = 0.0,
     chain: Annotated[bool, typer.Option("--chain", help="Then run the jobs `after:` it, as the runner would.")] = False,
@@ -137,7 +156,7 @@ def trigger(
     """
     from cronpy import service
 
-    _guard(lambda: service.trigger(_load(file), name, state_dir, wait=wait, chain=chain))
+    _guard(lambda: service.trigger(_load(file), name, state_dir, store=store, wait=wait, chain=chain))
 
 
 @app.command()
@@ -149,6 +168,7 @@ def history(
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.", min=1)] = 50,
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show recorded runs, newest first.
@@ -157,7 +177,6 @@ def history(
     """
     def body() -> None:
         from cronpy import render
-        from cronpy.history import History
         from cronpy.models import RunStatus
 
         st = None
@@ -166,7 +185,7 @@ def history(
                 st = RunStatus(status)
             except ValueError:
                 raise UsageError(f"--status: expected one of {', '.join(s.value for s in RunStatus)}, got {status!r}") from None
-        with History.open(_state_dir_for_reading(file, state_dir), readonly=True) as h:
+        with _store_for_reading(file, state_dir, store) as h:
             render.runs(h.query(name, status=st, since=_since(since), limit=limit), as_json=as_json)
 
     _guard(body)
@@ -177,6 +196,7 @@ def show(
     run_id: Annotated[int, typer.Argument(help="Run id, as `history` shows it.", show_default=False)],
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one run with its error and the tail of its output.
@@ -185,9 +205,8 @@ def show(
     """
     def body() -> None:
         from cronpy import render
-        from cronpy.history import History
 
-        with History.open(_state_dir_for_reading(file, state_dir), readonly=True) as h:
+        with _store_for_reading(file, state_dir, store) as h:
             render.run_detail(h.get(run_id), as_json=as_json)
 
     _guard(body)
@@ -199,6 +218,7 @@ def stats(
     since: SinceOpt = None,
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Per job: runs, failures, success rate, durations (mean, p50, p95, max), last and next run, health.
@@ -207,13 +227,11 @@ def stats(
     """
     def body() -> None:
         from cronpy import render, service
-        from cronpy.history import History
 
-        sd = _state_dir_for_reading(file, state_dir)
-        with History.open(sd, readonly=True) as h:
+        with _store_for_reading(file, state_dir, store) as h:
             items = h.stats(name, since=_since(since))
             recent = {s.job: h.recent(s.job) for s in items} if render.is_terminal() and not as_json else {}
-        render.stats(items, service.next_runs_if_readable(file), recent, as_json=as_json)
+        render.stats(items, service.next_runs_if_readable(file, state_dir, store), recent, as_json=as_json)
 
     _guard(body)
 
@@ -222,6 +240,7 @@ def stats(
 def list_jobs(
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the jobs with schedule, zone, enabled, next run and last status.
@@ -233,8 +252,8 @@ def list_jobs(
 
         jobs = _load(file)
         words = {n: service.describe(s.schedule) for n, s in jobs.jobs.items()}
-        render.job_list(list(jobs.jobs.values()), service.next_runs(jobs, state_dir),
-                        service.last_runs(jobs, state_dir), words, service.paused_jobs(jobs, state_dir),
+        render.job_list(list(jobs.jobs.values()), service.next_runs(jobs, state_dir, store),
+                        service.last_runs(jobs, state_dir, store), words, service.paused_jobs(jobs, state_dir, store),
                         as_json=as_json)
 
     _guard(body)
@@ -277,25 +296,25 @@ def next_(
 
 
 @app.command()
-def pause(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None) -> None:
+def pause(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt = None) -> None:
     """Stop the schedule from firing job NAME (a running runner notices at once); `trigger` still runs it.
 
     Example: cronpy pause backup
     """
     from cronpy import service
 
-    _guard(lambda: _say(service.pause(_load(file), name, state_dir)))
+    _guard(lambda: _say(service.pause(_load(file), name, state_dir, store)))
 
 
 @app.command()
-def resume(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None) -> None:
+def resume(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt = None) -> None:
     """Let the schedule fire job NAME again.
 
     Example: cronpy resume backup
     """
     from cronpy import service
 
-    _guard(lambda: _say(service.resume(_load(file), name, state_dir)))
+    _guard(lambda: _say(service.resume(_load(file), name, state_dir, store)))
 
 
 @app.command()
@@ -304,6 +323,7 @@ def cancel(
                                           autocompletion=_complete_jobs, show_default=False)],
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """Stop a run in progress: SIGTERM to its process group, SIGKILL after the job's kill_grace.
 
@@ -313,21 +333,23 @@ def cancel(
     """
     from cronpy import service
 
-    _guard(lambda: _say(*service.cancel(_load(file), target, state_dir)))
+    _guard(lambda: _say(*service.cancel(_load(file), target, state_dir, store)))
 
 
 @app.command()
-def status(file: FileOpt = None, state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
+def status(file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt = None,
+           as_json: JsonOpt = False) -> None:
     """Which runner schedules (pid, host, since), runs in progress, next due runs, latest failures.
 
-    Reads only the state dir, so it works beside a runner started by another user or unit.
+    Reads only the state dir (and a fleet's store), so it works beside a runner started by
+    another user or unit. With a store it also lists the fleet and this host's connection.
 
     Example: cronpy status --state-dir /var/lib/cronpy
     """
     def body() -> None:
         from cronpy import render, service
 
-        render.status(service.status(file, state_dir), as_json=as_json)
+        render.status(service.status(file, state_dir, store), as_json=as_json)
 
     _guard(body)
 

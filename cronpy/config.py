@@ -22,8 +22,10 @@ from cronpy.durations import parse_duration
 from cronpy.errors import ConfigError, Problem, UsageError
 from cronpy.models import At, Backoff, Cron, JobSet, JobSpec, Overlap, Schedule
 from cronpy.schedule import ever_fires, parse_schedule, zone
+from cronpy.store import is_postgres_url
 
-TOP_KEYS = {"timezone", "state_dir", "max_concurrent", "history_retention", "shutdown_grace", "defaults", "jobs"}
+TOP_KEYS = {"timezone", "state_dir", "store", "leader_lease", "max_concurrent", "history_retention", "shutdown_grace",
+            "defaults", "jobs"}
 JOB_KEYS = {
     "description", "schedule", "at", "command", "python", "args", "kwargs", "enabled", "timezone",
     "timeout", "kill_grace", "retries", "backoff", "env", "cwd", "run_on_start", "overlap",
@@ -204,6 +206,15 @@ class _Checker:
         state_dir = None
         if "state_dir" in raw and self.typed(raw["state_dir"], ("state_dir",), str, "a path"):
             state_dir = (self.base_dir / os.path.expanduser(raw["state_dir"])).resolve()
+        store = None
+        if "store" in raw and raw["store"] is not None and self.typed(raw["store"], ("store",), str, "a URL"):
+            store = raw["store"]
+            if not is_postgres_url(store):
+                self.err(("store",), "expected a postgresql://user@host/database URL (without it, the "
+                         "history is the SQLite file in the state dir)")
+        lease = self.duration(raw.get("leader_lease", 10), ("leader_lease",), positive=True)
+        if lease is not None and lease < 1:
+            self.err(("leader_lease",), "must be at least 1s: the lease is renewed every third of it")
         max_conc = self.integer(raw.get("max_concurrent", 4), ("max_concurrent",), minimum=1) or 4
         retention: float | None = 30 * 86400.0
         if "history_retention" in raw:
@@ -231,6 +242,7 @@ class _Checker:
         return JobSet(
             jobs=jobs, timezone=tz, state_dir=state_dir, max_concurrent=max_conc,
             history_retention=retention, shutdown_grace=grace if grace is not None else 30.0,
+            store=store, leader_lease=lease if lease is not None and lease >= 1 else 10.0,
         )
 
     def job(self, name: str, body: Any, defaults: Mapping[str, Any], default_tz: str) -> JobSpec | None:
@@ -483,7 +495,7 @@ def parse_jobs(text: str, source: str = "<string>", *, base_dir: Path | None = N
     return JobSet(
         jobs=jobset.jobs, source=src, timezone=jobset.timezone, state_dir=jobset.state_dir,
         max_concurrent=jobset.max_concurrent, history_retention=jobset.history_retention,
-        shutdown_grace=jobset.shutdown_grace,
+        shutdown_grace=jobset.shutdown_grace, store=jobset.store, leader_lease=jobset.leader_lease,
     )
 
 

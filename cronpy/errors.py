@@ -62,6 +62,16 @@ class LockHeld(CronpyError):
         super().__init__(f"{what} is already running elsewhere{detail}")
 
 
+class NotLeader(CronpyError):
+    """Raised when the store refuses a claim because this runner no longer holds the leader
+    lease (its epoch is stale): another runner schedules now."""
+
+    exit_code = EXIT_LOCKED
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not the scheduler any more: {reason}")
+
+
 class HistoryError(CronpyError):
     """Raised when the history database cannot be opened, migrated or written."""
 

@@ -121,6 +121,16 @@ class NewRun:
     error: str | None = None
 
 
+def result_json(result: Any) -> str | None:
+    """A run's return value as stored: JSON, or the JSON of its repr if it is not serialisable."""
+    if result is None:
+        return None
+    try:
+        return json.dumps(result)
+    except (TypeError, ValueError):
+        return json.dumps(repr(result))
+
+
 def _ts(dt: datetime | None) -> float | None:
     return dt.timestamp() if dt is not None else None
 
@@ -168,10 +178,17 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 class History:
-    """A connection to STATE_DIR/history.db, safe to share between the runner's threads."""
+    """A connection to STATE_DIR/history.db, safe to share between the runner's threads.
+
+    The embedded store (see store.Store): claims are not fenced, because the scheduler's flock
+    already makes one runner of the state dir the only one that claims.
+    """
+
+    fenced = False
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.location = str(path)
         self._lock = threading.RLock()
         try:
             if readonly:
@@ -198,6 +215,9 @@ class History:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def register_runner(self, role: str) -> None:
+        """Nothing to do: on one host, liveness is the runner's pid (see mark_dead_runs)."""
 
     def __enter__(self) -> "History":
         return self
@@ -317,17 +337,11 @@ class History:
         result: Any = None,
     ) -> None:
         """Complete a run row with its outcome."""
-        result_json = None
-        if result is not None:
-            try:
-                result_json = json.dumps(result)
-            except (TypeError, ValueError):
-                result_json = json.dumps(repr(result))
         with self._tx() as db:
             db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, duration = ?, exit_code = ?, error = ?,"
                 " output = ?, result = ? WHERE id = ?",
-                (status.value, _ts(finished_at), duration, exit_code, error, output, result_json, run_id),
+                (status.value, _ts(finished_at), duration, exit_code, error, output, result_json(result), run_id),
             )
 
     def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:

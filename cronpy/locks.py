@@ -32,10 +32,13 @@ class Holder:
     host: str
     since: datetime
     run_id: int | None = None
+    epoch: int | None = None  #: the leader lease's fencing token (PostgreSQL store)
+    expires_at: datetime | None = None  #: when a lease or lock row lapses unless renewed
 
     def describe(self) -> str:
         run = f", run {self.run_id}" if self.run_id is not None else ""
-        return f"pid {self.pid} on {self.host} since {self.since.isoformat(timespec='seconds')}{run}"
+        epoch = f", epoch {self.epoch}" if self.epoch is not None else ""
+        return f"pid {self.pid} on {self.host} since {self.since.isoformat(timespec='seconds')}{run}{epoch}"
 
 
 def _safe(name: str) -> str:
@@ -118,6 +121,35 @@ class Lock:
             return None
 
 
+class FileLeadership:
+    """The scheduler lock of a state dir as a Leadership: flock, so the kernel releases it when
+    the holder dies and it stays valid for as long as this process holds it."""
+
+    poll_interval = 0.25
+
+    def __init__(self, lock: Lock) -> None:
+        self.lock = lock
+
+    def try_acquire(self) -> bool:
+        try:
+            self.lock.acquire(wait=0.0)
+        except LockHeld:
+            return False
+        return True
+
+    def valid(self) -> bool:
+        return self.lock.held
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def holder(self) -> Holder | None:
+        return self.lock.holder()
+
+    def describe_loss(self) -> str:
+        return "the scheduler lock was released"
+
+
 class Locks:
     """The locks of one state dir."""
 
@@ -134,3 +166,6 @@ class Locks:
 
     def scheduler(self) -> Lock:
         return Lock(self.dir / "scheduler.lock", "the scheduler")
+
+    def leadership(self) -> FileLeadership:
+        return FileLeadership(self.scheduler())

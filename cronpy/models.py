@@ -134,6 +134,8 @@ class JobSet:
     max_concurrent: int = 4
     history_retention: float | None = 30 * 86400.0
     shutdown_grace: float = 30.0
+    store: str | None = None  #: a postgresql:// URL shared by a fleet; None: SQLite in the state dir
+    leader_lease: float = 10.0  #: seconds a fleet leader's lease lasts unless renewed
 
     @property
     def base_dir(self) -> Path:

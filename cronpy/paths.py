@@ -42,31 +42,47 @@ def resolve_state_dir(
     return Path(xdg) / "cronpy"
 
 
-# A top-level `state_dir: value` line with a plain or quoted value and nothing YAML-special.
-_STATE_DIR_LINE = re.compile(r"""^state_dir:[ \t]+(?:"([^"\\]*)"|'([^']*)'|([^\s#'"&*!|>{\[][^#\n]*?))[ \t]*(?:#.*)?$""",
-                             re.MULTILINE)
+def resolve_store(option: str | None, file_store: str | None, env: Mapping[str, str] = os.environ) -> str | None:
+    """Return the store URL: --store, $CRONPY_STORE, the file's `store`; None means the SQLite
+    history in the state dir."""
+    return option or env.get("CRONPY_STORE") or file_store or None
 
 
-def file_state_dir(path: Path) -> Path | None:
-    """Return only the `state_dir` a jobs file names (resolved), without validating the rest.
+def _setting_line(key: str) -> re.Pattern[str]:
+    """A top-level `key: value` line with a plain or quoted value and nothing YAML-special."""
+    return re.compile(rf"""^{key}:[ \t]+(?:"([^"\\]*)"|'([^']*)'|([^\s#'"&*!|>{{\[][^#\n]*?))[ \t]*(?:#.*)?$""",
+                      re.MULTILINE)
+
+
+_SETTING_LINES = {key: _setting_line(key) for key in ("state_dir", "store")}
+
+
+def file_setting(path: Path, key: str) -> str | None:
+    """Return one top-level string setting of a jobs file (`state_dir`, `store`) without
+    validating the rest.
 
     `history`, `show` and `stats` start faster without PyYAML (~30 ms), so a plain top-level
-    `state_dir:` line is read directly; anything less plain goes through the YAML parser.
+    line is read directly; anything less plain goes through the YAML parser.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    value: str | None = None
-    lines = [m for m in _STATE_DIR_LINE.finditer(text)]
-    block_style = not re.search(r"^\s*[{\[]|^state_dir:\s*$|^---", text, re.MULTILINE)
+    if key not in text:
+        return None
+    lines = list(_SETTING_LINES[key].finditer(text))
+    block_style = not re.search(rf"^\s*[{{\[]|^{key}:\s*$|^---", text, re.MULTILINE)
     if len(lines) == 1 and block_style:
-        m = lines[0]
-        value = next(g for g in m.groups() if g is not None)
-    elif "state_dir" in text:
-        raw = _parse_yaml(text)
-        if isinstance(raw, dict) and isinstance(raw.get("state_dir"), str):
-            value = raw["state_dir"]
+        return next(g for g in lines[0].groups() if g is not None) or None
+    raw = _parse_yaml(text)
+    if isinstance(raw, dict) and isinstance(raw.get(key), str):
+        return str(raw[key]) or None
+    return None
+
+
+def file_state_dir(path: Path) -> Path | None:
+    """Return only the `state_dir` a jobs file names (resolved), without validating the rest."""
+    value = file_setting(path, "state_dir")
     if not value:
         return None
     return (path.resolve().parent / os.path.expanduser(value)).resolve()

@@ -174,7 +174,11 @@ def status(st: Any, *, as_json: bool) -> None:
             "scheduler": None if not st.scheduler_live else {
                 "pid": st.scheduler.pid if st.scheduler else None,
                 "host": st.scheduler.host if st.scheduler else None,
-                "since": st.scheduler.since.isoformat() if st.scheduler else None},
+                "since": st.scheduler.since.isoformat() if st.scheduler else None,
+                "epoch": st.scheduler.epoch if st.scheduler else None},
+            "store": None if st.store is None else {
+                "location": st.store, "error": st.store_error, "fleet": st.fleet or [],
+                "this_host": (st.runner or {}).get("store")},
             "next": (st.runner or {}).get("next", []),
             "running": [dict(r.to_json(with_output=False), elapsed=(now - r.started_at).total_seconds())
                         for r in st.running if r.started_at],
@@ -183,12 +187,29 @@ def status(st: Any, *, as_json: bool) -> None:
         })
         return
     out = sys.stdout.write
+    if st.store is not None:
+        out(f"store: {st.store}" + (f" (cannot read it: {st.store_error})" if st.store_error else "") + "\n")
+        mine = (st.runner or {}).get("store") or {}
+        if mine:
+            link = ("connected" if mine.get("connected", True)
+                    else f"DISCONNECTED since {local(datetime.fromisoformat(mine['disconnected_since']))}"
+                    if mine.get("disconnected_since") else "disconnected")
+            out(f"this host: pid {(st.runner or {}).get('pid')}, {mine.get('role')}, {link}\n")
     if st.scheduler_live and st.scheduler:
-        out(f"scheduler: pid {st.scheduler.pid} on {st.scheduler.host} since {local(st.scheduler.since)}\n")
+        epoch = f", epoch {st.scheduler.epoch}" if st.scheduler.epoch is not None else ""
+        lease = (f", lease until {local(st.scheduler.expires_at)}" if st.scheduler.expires_at else "")
+        out(f"scheduler: pid {st.scheduler.pid} on {st.scheduler.host} since {local(st.scheduler.since)}"
+            f"{epoch}{lease}\n")
     elif st.scheduler_live:
         out("scheduler: running (holder unknown)\n")
+    elif st.store is not None:
+        out("scheduler: no runner holds the leader lease\n")
     else:
         out(f"scheduler: no runner holds the scheduler lock of {st.state_dir}\n")
+    if st.fleet:
+        out("\n")
+        table("Fleet", ["Host", "PID", "Role", "Last seen"], (
+            [str(f["host"]), str(f["pid"]), str(f["role"]), f"{f['last_seen_ago']}s ago"] for f in st.fleet))
     if st.paused:
         out("paused: " + ", ".join(f"{j} (since {local(t)})" for j, t in sorted(st.paused.items())) + "\n")
     out("\n")

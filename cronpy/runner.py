@@ -22,11 +22,11 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 from cronpy.clock import Clock
-from cronpy.errors import CronpyError, LockHeld
+from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader
 from cronpy.executor import Attempt, AttemptResult, RunContext
-from cronpy.history import HOST, History, NewRun
+from cronpy.history import HOST, NewRun
 from cronpy.integrations import Observer
-from cronpy.locks import Lock, Locks
+from cronpy.store import JobLock, JobLocks, Store
 from cronpy.models import At, Every, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
 from cronpy.schedule import latest_fire, next_fire
 
@@ -57,13 +57,15 @@ class Due:
     scheduled_for: datetime = field(compare=False)
     attempt: int = field(default=1, compare=False)
     parent_id: int | None = field(default=None, compare=False)
+    #: a scheduled instant found late at start-up (a restart, a takeover) that still fires
+    late: bool = field(default=False, compare=False)
 
 
 @dataclass
 class _Active:
     due: Due
     run_id: int
-    lock: Lock | None
+    lock: JobLock | None
     spec: JobSpec
     started_at: datetime
     attempt: Attempt | None = None
@@ -77,8 +79,8 @@ class Runner:
     def __init__(
         self,
         jobs: JobSet,
-        history: History,
-        locks: Locks,
+        history: Store,
+        locks: JobLocks,
         clock: Clock,
         *,
         output: OutputSink | None = None,
@@ -108,14 +110,16 @@ class Runner:
         self._cancel_all = False
         self._anchors: dict[str, datetime] = {}
         self._tick_started: float | None = None
-        self._prelocked: dict[str, Lock] = {}  # job locks taken before dispatch (foreground trigger)
+        self._prelocked: dict[str, JobLock] = {}  # job locks taken before dispatch (foreground trigger)
+        self._leading = True  # False once a fenced claim is refused: stop firing (see step_down)
 
     # -- the heap ----------------------------------------------------------------------------
 
     def _push(self, when: datetime, job: str, trigger: Trigger, scheduled_for: datetime,
-              attempt: int = 1, parent_id: int | None = None) -> None:
+              attempt: int = 1, parent_id: int | None = None, *, late: bool = False) -> None:
         with self._lock:
-            heapq.heappush(self._heap, Due(when, next(self._seq), job, trigger, scheduled_for, attempt, parent_id))
+            heapq.heappush(self._heap, Due(when, next(self._seq), job, trigger, scheduled_for, attempt, parent_id,
+                                           late))
         self.wake.set()
 
     def _schedule_next(self, spec: JobSpec, after: datetime) -> None:
@@ -129,8 +133,15 @@ class Runner:
         delay = self.rng.uniform(0, spec.jitter) if spec.jitter else 0.0
         self._push(nxt + timedelta(seconds=delay), spec.name, Trigger.SCHEDULE, nxt)
 
-    def start(self, now: datetime) -> None:
-        """Load the schedule: the first instant of every enabled job, and run_on_start runs."""
+    def start(self, now: datetime, *, late_window: timedelta = MISFIRE_GRACE) -> None:
+        """Load the schedule: the first instant of every enabled job, and run_on_start runs.
+
+        An instant that fell due while no runner was scheduling (a restart, a takeover after
+        the leader died) still fires, once, if it is at most `late_window` old; older ones
+        are left to catch_up. A fleet passes its lease plus the grace: a failover takes up to
+        a lease.
+        """
+        self._leading = True
         for spec in self.jobs.jobs.values():
             if not spec.enabled:
                 continue
@@ -140,10 +151,15 @@ class Runner:
                 if last is not None:
                     self._anchors[spec.name] = last
             missed = self._missed_while_down(spec, now)
+            late = None if missed is not None else self._missed_lately(spec, now, late_window)
             if missed is not None:
                 self._push(now, spec.name, Trigger.CATCHUP, missed)
-                if isinstance(spec.schedule, Every):
-                    self._anchors[spec.name] = missed
+            elif late is not None:
+                log.info("%s: firing the run due at %s late (no runner was scheduling then)",
+                         spec.name, late.isoformat())
+                self._push(now, spec.name, Trigger.SCHEDULE, late, late=True)
+            if isinstance(spec.schedule, Every) and (missed or late):
+                self._anchors[spec.name] = missed or late  # type: ignore[assignment]
             self._schedule_next(spec, now)
             if spec.run_on_start:
                 self._push(now, spec.name, Trigger.START, now)
@@ -160,6 +176,18 @@ class Runner:
                 return spec.schedule.when.astimezone(now.tzinfo)
             return None
         return latest_fire(spec, last, now - MISFIRE_GRACE)
+
+    def _missed_lately(self, spec: JobSpec, now: datetime, window: timedelta) -> datetime | None:
+        """The latest instant after the last claimed one, if it is no older than `window`."""
+        if spec.schedule is None or isinstance(spec.schedule, At):
+            return None
+        last = self.history.last_scheduled(spec.name)
+        if last is None:
+            return None
+        missed = latest_fire(spec, last, now)
+        if missed is None or missed <= last or now - missed > window:
+            return None
+        return missed.astimezone(now.tzinfo)
 
     def reload(self, jobs: JobSet, now: datetime) -> tuple[list[str], list[str], list[str]]:
         """Switch to a new JobSet without touching running jobs; return (added, removed, changed)."""
@@ -277,7 +305,7 @@ class Runner:
                 spec = self.jobs.jobs.get(d.job)
                 if spec is None:
                     continue
-                if d.trigger is Trigger.SCHEDULE:
+                if d.trigger is Trigger.SCHEDULE and not d.late:
                     # Instants missed by more than the grace (downtime, suspend) are not replayed.
                     reschedule.append((spec, max(d.scheduled_for, now - MISFIRE_GRACE)))
                     if now - d.scheduled_for > MISFIRE_GRACE + timedelta(seconds=spec.jitter):
@@ -290,7 +318,7 @@ class Runner:
                         d.trigger = Trigger.CATCHUP
                         d.scheduled_for = latest_fire(spec, d.scheduled_for, now - MISFIRE_GRACE) or d.scheduled_for
                 candidates.append(d)
-            if self._stopping:
+            if self._stopping or not self._leading:
                 self._reschedule(reschedule)
                 return []
             # Runs that were waiting on a finished job or a free slot compete again.
@@ -343,7 +371,7 @@ class Runner:
         jobs = self.jobs.jobs
         candidates.sort(key=lambda d: (-jobs[d.job].priority, d.when, d.seq))
         to_start: list[Due] = []
-        prelocked: dict[int, Lock] = {}  # by Due.seq: overlap=queue jobs lock before claiming
+        prelocked: dict[int, JobLock] = {}  # by Due.seq: overlap=queue jobs lock before claiming
         skipped: list[tuple[Due, str]] = []
         slots = self.jobs.max_concurrent - len(self._active)
         starting: set[str] = set()
@@ -396,9 +424,10 @@ class Runner:
             ids = self._claim(rows, len(batch))
             for d, run_id in zip(batch, ids[: len(batch)]):
                 lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
-                if run_id is None:
-                    log.info("%s: instant %s already claimed by another runner; not running it",
-                             d.job, d.scheduled_for.isoformat())
+                if not run_id:  # None: claimed by another runner; 0: the store refused the claim
+                    if run_id is None:
+                        log.info("%s: instant %s already claimed by another runner; not running it",
+                                 d.job, d.scheduled_for.isoformat())
                     if lock is not None and lock is not self._prelocked.get(d.job):
                         lock.release()
                     continue
@@ -410,7 +439,7 @@ class Runner:
                     except LockHeld as exc:
                         held_elsewhere.append((d, run_id, str(exc)))
                         continue
-                    except OSError as exc:  # no descriptors left, an unwritable state dir
+                    except OSError as exc:  # no descriptors left, an unwritable state dir, no store
                         lock_failed.append((d, run_id, f"could not take the job lock: {exc}"))
                         continue
                 self._until(d.when)
@@ -442,7 +471,7 @@ class Runner:
                 r, RunStatus.FAILED, now, duration=0.0, error=why))
             log.error("%s: run %d (%s) failed to start: %s", d.job, run_id, d.trigger.value, reason)
         for (d, reason), run_id in zip(skipped, skipped_ids):
-            if run_id is not None:
+            if run_id:
                 log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
         return [a.run_id for a in spawned]
 
@@ -457,14 +486,26 @@ class Runner:
             return []
         try:
             return self.history.start_runs(rows)
+        except NotLeader as exc:
+            # A fenced store refused the claim: another runner took the lease over while this
+            # one was paused or cut off. It must not run anything it did not claim.
+            log.warning("the store refused %d claim(s): %s", len(rows), exc)
+            self._leading = False
+            self.wake.set()
+            return [0] * len(rows)
         except CronpyError as exc:
+            if self.history.fenced:
+                # Without a claim nothing proves this runner still owns the instants: another
+                # host may be firing them. Skip them rather than risk a second run.
+                log.error("cannot claim %d due run(s) in the store, not running them: %s", len(rows), exc)
+                return [0] * len(rows)
             # The history cannot be written (disk full, I/O error). This runner holds the
             # scheduler lock, so nobody else fires these instants: run them, and write their
             # rows when the database takes writes again.
             log.error("HISTORY WRITE FAILED, running %d due run(s) unrecorded for now: %s", starting, exc)
             return [-next(self._seq) - 1 for _ in rows]
 
-    def _spawn(self, spec: JobSpec, d: Due, run_id: int, lock: Lock | None, now: datetime) -> _Active:
+    def _spawn(self, spec: JobSpec, d: Due, run_id: int, lock: JobLock | None, now: datetime) -> _Active:
         sink = None
         if self.output is not None:
             out = self.output
@@ -508,13 +549,15 @@ class Runner:
             with self._lock:
                 del self._active[active.run_id]
                 retry = (result.status in (RunStatus.FAILED, RunStatus.TIMEOUT)
-                         and d.attempt <= spec.retries and not self._stopping)
+                         and d.attempt <= spec.retries and not self._stopping and self._leading)
+                if not self._leading and d.attempt <= spec.retries and result.status is not RunStatus.SUCCESS:
+                    log.warning("%s: not retrying run %d: this runner stepped down", spec.name, active.run_id)
                 if retry:
                     delay = spec.backoff.delay(d.attempt, self.rng.random())
                     log.info("%s: retry %d of %d in %.1fs", spec.name, d.attempt, spec.retries, delay)
                     self._push(finished + timedelta(seconds=delay), spec.name, Trigger.RETRY,
                                d.scheduled_for, d.attempt + 1, active.run_id)
-                if result.status is RunStatus.SUCCESS and self.chains:
+                if result.status is RunStatus.SUCCESS and self.chains and self._leading:
                     self._fire_dependents(spec.name, active.run_id, finished)
                 self._idle.notify_all()
             record = RunRecord(
@@ -601,12 +644,28 @@ class Runner:
     def stopping(self) -> bool:
         return self._stopping
 
-    def run_forever(self, on_wake: Callable[[], None] | None = None) -> None:
-        """Tick, sleep until the next instant, repeat until request_stop(); then shut down.
+    def step_down(self) -> None:
+        """Stop scheduling (another runner leads now); runs in progress go on to their end."""
+        with self._lock:
+            self._leading = False
+            dropped = len(self._heap) + len(self._pending) + len(self._queued)
+            self._heap.clear()
+            self._pending.clear()
+            self._queued.clear()
+            self._anchors.clear()
+            running = len(self._active)
+        log.info("stepped down: %d scheduled entr%s dropped, %d run(s) in progress go on", dropped,
+                 "y" if dropped == 1 else "ies", running)
+
+    def run_forever(self, on_wake: Callable[[], None] | None = None,
+                    leading: Callable[[], bool] = lambda: True) -> bool:
+        """Tick, sleep until the next instant, repeat until request_stop() or until this runner
+        is no longer the scheduler. Returns True after a stop (and shutdown), False after
+        stepping down (see step_down: running jobs go on; start() schedules again).
 
         `on_wake` runs on the loop thread after every wake-up (the service reloads there).
         """
-        while not self._stopping:
+        while not self._stopping and self._leading and leading():
             self.wake.clear()
             self._tick_started = time.monotonic()
             self.tick(self.clock.now(), lead=LEAD)
@@ -619,7 +678,11 @@ class Runner:
                 break
             wakeup = self.next_wakeup()
             self.clock.sleep_until(wakeup - LEAD if wakeup else None, self.wake)
+        if not self._stopping:
+            self.step_down()
+            return False
         self.shutdown(self.jobs.shutdown_grace)
+        return True
 
     def healthy(self, stuck_after: float = 30.0) -> bool:
         """False if a tick has been running for longer than `stuck_after` seconds (the watchdog)."""

@@ -85,6 +85,9 @@ def jobs_file_schema() -> dict[str, Any]:
         "properties": {
             "timezone": {"type": "string"},
             "state_dir": {"type": "string"},
+            "store": {"type": ["string", "null"], "pattern": "^postgres(ql)?://",
+                      "description": "A PostgreSQL URL: a fleet of runners shares one history and one schedule"},
+            "leader_lease": DURATION,
             "max_concurrent": {"type": "integer", "minimum": 1},
             "history_retention": {"anyOf": [DURATION, {"const": "forever"}, {"type": "null"}]},
             "shutdown_grace": DURATION,

@@ -22,16 +22,17 @@ from typing import Callable
 
 from cronpy.clock import Clock, SystemClock
 from cronpy.config import get_job, load_jobs
-from cronpy.paths import resolve_state_dir
+from cronpy.paths import resolve_state_dir, resolve_store
 from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld
 from cronpy.executor import ensure_fd_budget, terminate_run
-from cronpy.history import HOST, History
+from cronpy.history import HOST
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
-from cronpy.runner import Runner
+from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
+from cronpy.store import JobLocks, Leadership, Store, open_store
 
 log = logging.getLogger("cronpy")
 _print_lock = threading.Lock()
@@ -92,7 +93,7 @@ def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], No
         signal.signal(signal.SIGHUP, lambda signum, frame: on_reload())
 
 
-def _prune_loop(history: History, retention: float, stop: threading.Event, clock: Clock) -> None:
+def _prune_loop(history: Store, retention: float, stop: threading.Event, clock: Clock) -> None:
     """Delete runs older than the retention, hourly, off the scheduling thread."""
     while not stop.is_set():
         try:
@@ -160,7 +161,7 @@ def _summary(runner: Runner) -> str:
     return f"{len(runner.jobs.jobs)} jobs, {runner.active_count} running, next: {when}"
 
 
-def _recover(history: History, jobs: JobSet, now: datetime) -> None:
+def _recover(history: Store, jobs: JobSet, now: datetime) -> None:
     """Runs left `running` by a dead runner become `interrupted`; their process groups are stopped."""
     for rec in history.mark_dead_runs(_runner_alive, now):
         note = ""
@@ -185,33 +186,70 @@ def _fd_budget(jobs: JobSet) -> None:
 STATUS_FILE = "runner.json"
 
 
-def _write_status(sd: Path, runner: Runner, jobs_file: Path, since: datetime) -> None:
+def _store_state(history: Store, leading: bool) -> dict[str, object]:
+    """The runner's view of its store, for `cronpy status` on its host."""
+    state: dict[str, object] = {"location": history.location, "role": "leader" if leading else "standby"}
+    lost = getattr(history, "disconnected_since", None)
+    if history.fenced:
+        state["connected"] = lost is None
+        state["epoch"] = getattr(history, "epoch", None)
+        if lost is not None:
+            state["disconnected_since"] = datetime.fromtimestamp(lost, timezone.utc).isoformat()
+    return state
+
+
+def _write_status(sd: Path, runner: Runner, jobs_file: Path, since: datetime,
+                  store: dict[str, object] | None = None) -> None:
     """What `cronpy status` shows of the runner, written atomically to STATE_DIR/runner.json."""
     data = {
         "pid": os.getpid(), "host": HOST, "since": since.isoformat(), "jobs_file": str(jobs_file.resolve()),
         "jobs": len(runner.jobs.jobs), "running": runner.active_count,
         "next": [{"job": d.job, "at": d.when.isoformat(), "trigger": d.trigger.value} for d in runner.upcoming(10)],
+        "store": store,
     }
     tmp = sd / f".{STATUS_FILE}.{os.getpid()}"
     try:
+        sd.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(data))
         os.replace(tmp, sd / STATUS_FILE)
     except OSError as exc:
         log.debug("cannot write %s: %s", STATUS_FILE, exc)
 
 
-def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch: bool = False,
-        metrics_port: int | None = None, metrics_address: str = "127.0.0.1", clock: Clock | None = None) -> int:
-    """`cronpy run`: validate, take the scheduler lock (or stand by), fire jobs until stopped."""
+def open_backend(jobs: JobSet, state_dir: Path | None, store: str | None = None, *,
+                 readonly: bool = False) -> tuple[Store, JobLocks, Leadership, Path]:
+    """The store of a jobs file with its job locks and leadership: PostgreSQL when a store URL
+    is given (--store, $CRONPY_STORE, the file's `store`), else SQLite and flock in the state dir."""
+    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+    url = resolve_store(store, jobs.store)
+    history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease)
+    if url:
+        from cronpy.pgstore import PgStore
+
+        assert isinstance(history, PgStore)
+        return history, history, history, sd
+    locks = Locks(sd)
+    return history, locks, locks.leadership(), sd
+
+
+def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, verbose: bool = False,
+        watch: bool = False, metrics_port: int | None = None, metrics_address: str = "127.0.0.1",
+        clock: Clock | None = None) -> int:
+    """`cronpy run`: validate, become the scheduler (or stand by), fire jobs until stopped.
+
+    With a fleet store, leadership can be lost (a pause longer than the lease, a partition):
+    the runner steps down, lets its running jobs finish, and stands by again.
+    """
     setup_logging(verbose)
     clock = clock or SystemClock()
     jobs = load_jobs(jobs_file, now=clock.now())  # nothing starts unless the whole file is valid
-    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
     _fd_budget(jobs)
-    history = History.open(sd)
-    locks = Locks(sd)
+    history, locks, leadership, sd = open_backend(jobs, state_dir, store)
+    history.register_runner("standby")
     integrations = Integrations()
     runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations])
+    if history.fenced:
+        history.on_lost = runner.wake.set  # type: ignore[attr-defined]
     metrics = None
     if metrics_port is not None:
         from cronpy.metrics import Metrics
@@ -223,48 +261,43 @@ def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch
     notifier = Notifier()
     reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
     _install_signals(lambda urgent: runner.request_stop(now=urgent), reloader.request)
-
-    leader = locks.scheduler()
-    announced = False
-    while not runner.stopping:
-        try:
-            leader.acquire(wait=0.0, now=clock.now())
-            break
-        except LockHeld as exc:
-            if not announced:
-                log.info("standby: %s; taking over when it stops", exc)
-                notifier.ready(f"standby: {exc}")
-                announced = True
-            # flock is released by the kernel when the holder dies (even by SIGKILL): poll it.
-            runner.wake.wait(0.25)
-            runner.wake.clear()
-    if runner.stopping:
-        notifier.stopping()
-        notifier.close()
-        history.close()
-        return 0
+    # A fleet's failover takes up to a lease: an instant due meanwhile still fires, late.
+    late_window = MISFIRE_GRACE + timedelta(seconds=jobs.leader_lease if history.fenced else 0)
+    since = clock.now()
+    stop_pruning = threading.Event()
+    watchdog = False
     try:
-        if announced:
-            log.info("took over the scheduler lock")
-        _recover(history, jobs, clock.now())
-        runner.start(clock.now())
-        log.info("cronpy: %d job(s) from %s, state dir %s; next: %s", len(jobs.jobs), jobs.source, sd,
-                 _summary(runner).split("next: ", 1)[1])
-        notifier.ready(_summary(runner))
-        notifier.start_watchdog(runner.healthy)
-        stop_pruning = threading.Event()
-        if jobs.history_retention:
-            threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
-                             daemon=True, name="prune").start()
+        while not runner.stopping:
+            if not _stand_by(leadership, runner, notifier, history, sd, jobs_file, since):
+                break
+            try:
+                _recover(history, jobs, clock.now())
+                runner.start(clock.now(), late_window=late_window)
+            except HistoryError as exc:
+                log.error("cannot load the schedule from the store, standing by: %s", exc)
+                runner.step_down()
+                leadership.release()
+                continue
+            log.info("cronpy: %d job(s) from %s, %s %s; next: %s", len(jobs.jobs), jobs.source,
+                     "store" if history.fenced else "state dir", history.location if history.fenced else sd,
+                     _summary(runner).split("next: ", 1)[1])
+            notifier.ready(_summary(runner))
+            if not watchdog:
+                notifier.start_watchdog(runner.healthy)
+                watchdog = True
+                if jobs.history_retention:
+                    threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
+                                     daemon=True, name="prune").start()
 
-        since = clock.now()
+            def on_wake() -> None:
+                reloader()
+                notifier.status(_summary(runner))
+                _write_status(sd, runner, jobs_file, since, _store_state(history, True))
 
-        def on_wake() -> None:
-            reloader()
-            notifier.status(_summary(runner))
-            _write_status(sd, runner, jobs_file, since)
-
-        runner.run_forever(on_wake)
+            if runner.run_forever(on_wake, leadership.valid):
+                break
+            log.warning("stepped down as the scheduler: %s; standing by", leadership.describe_loss())
+            leadership.release()
         notifier.stopping()
         stop_pruning.set()
         integrations.close()
@@ -274,7 +307,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch
             (sd / STATUS_FILE).unlink()
         except OSError:
             pass
-        leader.release()
+        leadership.release()
         notifier.close()
         if metrics is not None:
             metrics.close()
@@ -282,18 +315,49 @@ def run(jobs_file: Path, state_dir: Path | None, *, verbose: bool = False, watch
     return 0
 
 
-def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, wait: float = 0.0, chain: bool = False) -> int:
+def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, history: Store, sd: Path,
+              jobs_file: Path, since: datetime) -> bool:
+    """Wait until this runner is the scheduler (True) or is asked to stop (False)."""
+    said = ""
+    last_status = 0.0
+    while not runner.stopping:
+        try:
+            if leadership.try_acquire():
+                if said:
+                    log.info("took over the scheduler %s", "lease" if history.fenced else "lock")
+                return True
+            holder = leadership.holder()
+            why = str(LockHeld("the scheduler", holder.describe() if holder else None))
+        except CronpyError as exc:  # the store cannot be reached: nobody here can prove leadership
+            why = f"cannot reach the store: {exc}"
+        if why.split(" (held by")[0] != said.split(" (held by")[0]:
+            log.info("standby: %s; taking over when it stops", why)
+            notifier.ready(f"standby: {why}")
+            said = why
+        if time.monotonic() - last_status >= 1.0:
+            _write_status(sd, runner, jobs_file, since, _store_state(history, False))
+            last_status = time.monotonic()
+        # flock is released by the kernel when the holder dies (even by SIGKILL); a lease
+        # expires a lease length after its last renewal: poll either.
+        runner.wake.wait(leadership.poll_interval)
+        runner.wake.clear()
+    return False
+
+
+def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | None = None, wait: float = 0.0,
+            chain: bool = False) -> int:
     """`cronpy trigger`: run one job now through the runner's own path; return its exit status.
 
     On a terminal the job's output streams under a line showing the elapsed time.
     """
     setup_logging()
     get_job(jobs, name)
-    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
-    with History.open(sd) as history:
+    history, locks, _, _ = open_backend(jobs, state_dir, store)
+    with history:
+        history.register_runner("trigger")
         live = _LiveTrigger(name) if sys.stdout.isatty() else None
         integrations = Integrations()
-        runner = Runner(jobs, history, Locks(sd), SystemClock(), output=live.line if live else _raw_line,
+        runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
                         observers=[integrations], chains=chain)
         _install_signals(lambda urgent: runner.request_stop(now=True))
         try:
@@ -360,47 +424,49 @@ class _LiveTrigger:
                            highlight=False)
 
 
-def _anchors(jobs: JobSet, state_dir: Path | None) -> dict[str, datetime]:
-    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+def _reading(jobs: JobSet, state_dir: Path | None, store: str | None) -> Store:
+    return open_backend(jobs, state_dir, store, readonly=True)[0]
+
+
+def _anchors(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> dict[str, datetime]:
     try:
-        with History.open(sd, readonly=True) as h:
+        with _reading(jobs, state_dir, store) as h:
             return {n: t for n in jobs.jobs if (t := h.last_scheduled(n)) is not None}
-    except Exception:
+    except CronpyError:
         return {}
 
 
-def next_runs(jobs: JobSet, state_dir: Path | None = None) -> dict[str, datetime | None]:
+def next_runs(jobs: JobSet, state_dir: Path | None = None, store: str | None = None) -> dict[str, datetime | None]:
     """Each enabled job's next instant, as the runner would compute it now."""
     now = datetime.now(timezone.utc)
-    anchors = _anchors(jobs, state_dir)
+    anchors = _anchors(jobs, state_dir, store)
     return {n: next_fire(s, now, anchors.get(n)) if s.enabled else None for n, s in jobs.jobs.items()}
 
 
-def next_runs_if_readable(file: Path | None) -> dict[str, datetime | None]:
+def next_runs_if_readable(file: Path | None, state_dir: Path | None = None,
+                          store: str | None = None) -> dict[str, datetime | None]:
     """next_runs for `stats`, which must still work when the jobs file is missing or broken."""
     from cronpy.paths import find_jobs_file
 
     try:
-        return next_runs(load_jobs(find_jobs_file(str(file) if file else None)))
+        return next_runs(load_jobs(find_jobs_file(str(file) if file else None)), state_dir, store)
     except ConfigError:
         return {}
 
 
-def paused_jobs(jobs: JobSet, state_dir: Path | None) -> dict[str, datetime]:
-    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+def paused_jobs(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> dict[str, datetime]:
     try:
-        with History.open(sd, readonly=True) as h:
+        with _reading(jobs, state_dir, store) as h:
             return h.paused()
     except CronpyError:
         return {}
 
 
-def last_runs(jobs: JobSet, state_dir: Path | None) -> dict[str, RunRecord]:
-    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
+def last_runs(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> dict[str, RunRecord]:
     try:
-        with History.open(sd, readonly=True) as h:
+        with _reading(jobs, state_dir, store) as h:
             return dict(h.last_runs())
-    except Exception:
+    except CronpyError:
         return {}
 
 
@@ -460,28 +526,27 @@ def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], s
     return times, words
 
 
-def pause(jobs: JobSet, name: str, state_dir: Path | None) -> str:
+def pause(jobs: JobSet, name: str, state_dir: Path | None, store: str | None = None) -> str:
     """`cronpy pause`: the schedule stops firing the job (persisted); `trigger` still runs it."""
     get_job(jobs, name)
-    with History.open(resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)) as h:
+    with open_backend(jobs, state_dir, store)[0] as h:
         if h.pause(name, datetime.now(timezone.utc)):
             return f"paused {name}: its schedule will not fire it until `cronpy resume {name}`"
         return f"{name} was already paused"
 
 
-def resume(jobs: JobSet, name: str, state_dir: Path | None) -> str:
+def resume(jobs: JobSet, name: str, state_dir: Path | None, store: str | None = None) -> str:
     """`cronpy resume`: the job's schedule fires it again from its next instant."""
     get_job(jobs, name)
-    with History.open(resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)) as h:
+    with open_backend(jobs, state_dir, store)[0] as h:
         if h.resume(name):
             return f"resumed {name}"
         return f"{name} was not paused"
 
 
-def cancel(jobs: JobSet, target: str, state_dir: Path | None) -> list[str]:
+def cancel(jobs: JobSet, target: str, state_dir: Path | None, store: str | None = None) -> list[str]:
     """`cronpy cancel NAME|RUN_ID`: TERM each matching run's process group, KILL after its grace."""
-    sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
-    with History.open(sd) as h:
+    with open_backend(jobs, state_dir, store)[0] as h:
         if target.isdigit():
             rec = h.get(int(target))
             if rec.status is not RunStatus.RUNNING:
@@ -515,7 +580,7 @@ class NothingToDo(CronpyError):
 
 @dataclass
 class Status:
-    """What `cronpy status` shows, read from the state dir only."""
+    """What `cronpy status` shows, read from the state dir (and the fleet's store, if any)."""
 
     state_dir: Path
     scheduler: Holder | None
@@ -524,14 +589,30 @@ class Status:
     running: list[RunRecord]
     failures: list[RunRecord]
     paused: dict[str, datetime]
+    store: str | None = None  #: the fleet store's location (no password); None for SQLite
+    fleet: list[dict[str, object]] | None = None  #: processes with a recent heartbeat
+    store_error: str | None = None  #: why the store could not be read
 
 
-def status(file: Path | None, state_dir: Path | None) -> Status:
-    """`cronpy status`: the scheduler-lock holder, runs in progress, next due runs, latest failures."""
-    from cronpy.paths import file_state_dir, find_jobs_file
+def _local_runner(sd: Path) -> dict[str, object] | None:
+    """This host's runner.json, if the runner that wrote it is alive."""
+    try:
+        info: dict[str, object] = json.loads((sd / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = info.get("pid")
+    return info if isinstance(pid, int) and _runner_alive(pid) else None
 
-    sd = resolve_state_dir(str(state_dir) if state_dir else None,
-                           None if state_dir else file_state_dir(find_jobs_file(str(file) if file else None)))
+
+def status(file: Path | None, state_dir: Path | None, store: str | None = None) -> Status:
+    """`cronpy status`: who schedules, runs in progress, next due runs, latest failures."""
+    from cronpy.paths import file_setting, file_state_dir, find_jobs_file
+
+    path = find_jobs_file(str(file) if file else None)
+    sd = resolve_state_dir(str(state_dir) if state_dir else None, None if state_dir else file_state_dir(path))
+    url = resolve_store(store, file_setting(path, "store"))
+    if url:
+        return _fleet_status(url, sd)
     lock = Locks(sd).scheduler()
     live = lock.is_locked_elsewhere() if lock.path.exists() else False
     runner_info = None
@@ -541,10 +622,24 @@ def status(file: Path | None, state_dir: Path | None) -> Status:
         except (OSError, ValueError):
             runner_info = None
     try:
-        h = History.open(sd, readonly=True)
+        h = open_store(None, sd, readonly=True)
     except HistoryError:
         return Status(sd, lock.holder() if live else None, live, runner_info, [], [], {})
     with h:
         return Status(sd, lock.holder() if live else None, live, runner_info, h.running(),
                       h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
                       h.paused())
+
+
+def _fleet_status(url: str, sd: Path) -> Status:
+    from cronpy.pgstore import PgStore, redact
+
+    local = _local_runner(sd)
+    try:
+        with PgStore(url, readonly=True) as h:
+            holder = h.holder()
+            return Status(sd, holder, holder is not None, local, h.running(),
+                          h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
+                          h.paused(), store=h.location, fleet=h.fleet())
+    except HistoryError as exc:
+        return Status(sd, None, False, local, [], [], {}, store=redact(url), store_error=str(exc))
