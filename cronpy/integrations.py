@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Protocol
 
 from cronpy.models import JobSpec, RunRecord, RunStatus
@@ -68,17 +68,22 @@ class Integrations:
     def __init__(self, workers: int = 4) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="notify")
         self._stop = threading.Event()
+        self._start_pings: dict[int, Future[None]] = {}  # by run id, until the run's end ping
+        self._lock = threading.Lock()
 
-    def _submit(self, what: str, action: Callable[[], None]) -> None:
+    def _submit(self, what: str, action: Callable[[], None]) -> Future[None] | None:
         try:
-            self._pool.submit(_retrying, what, action, self._stop)
+            return self._pool.submit(_retrying, what, action, self._stop)
         except RuntimeError:  # shutting down
-            pass
+            return None
 
     def run_started(self, spec: JobSpec, run_id: int) -> None:
         if spec.ping:
             url = f"{spec.ping}/start"
-            self._submit(f"{spec.name}: ping {url}", lambda: _http(url, None, "text/plain"))
+            sent = self._submit(f"{spec.name}: ping {url}", lambda: _http(url, None, "text/plain"))
+            if sent is not None:
+                with self._lock:
+                    self._start_pings[run_id] = sent
 
     def run_finished(self, spec: JobSpec, record: RunRecord, will_retry: bool) -> None:
         status = record.status
@@ -92,7 +97,18 @@ class Integrations:
             else:
                 url = f"{spec.ping}/fail"
             body = (record.output or "")[-PING_BODY_BYTES:].encode("utf-8", errors="replace")
-            self._submit(f"{spec.name}: ping {url}", lambda: _http(url, body, "text/plain; charset=utf-8"))
+            with self._lock:
+                start = self._start_pings.pop(record.id, None)
+
+            def end_ping() -> None:
+                # After the run's /start ping, never before it: healthchecks.io reads a /start
+                # that arrives after the success as a new run that never ends, and alerts. The
+                # pool is FIFO, so the /start task is already running or done: no deadlock.
+                if start is not None:
+                    wait([start], timeout=TRIES * (HTTP_TIMEOUT + 2))
+                _http(url, body, "text/plain; charset=utf-8")
+
+            self._submit(f"{spec.name}: ping {url}", end_ping)
         if spec.webhook and (ok or failed):
             payload = json.dumps(record.to_json(with_output=False)).encode()
             hook_url = spec.webhook

@@ -34,6 +34,8 @@ class Recorder:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if mode == "slow_start" and self.path.endswith("/start"):
+                    time.sleep(0.5)  # a slow first request: what arrives meanwhile is recorded first
                 recorder.requests.append(("POST", self.path, body))
                 if mode == "hang":
                     time.sleep(30)
@@ -102,6 +104,19 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def test_a_runs_end_ping_never_overtakes_its_start_ping(jobs_file, tmp_path: Path, http) -> None:
+    # healthchecks.io takes a /start that arrives after the success for a new run that never
+    # ends, and alerts. The pings go out on a pool of threads: the end waits for the start.
+    server = http("slow_start")
+    path = jobs_file(f"""
+        state_dir: state
+        jobs:
+          quick: {{command: "true", ping: "{server.url}/ping/quick"}}
+    """)
+    assert cronpy("trigger", "quick", "-f", str(path)).returncode == 0
+    assert [p for _, p, _ in server.requests] == ["/ping/quick/start", "/ping/quick"]
 
 
 def test_ping_and_webhook_report_start_success_and_failure(jobs_file, tmp_path: Path, http) -> None:
