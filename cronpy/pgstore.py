@@ -262,6 +262,7 @@ class PgStore:
         self._hb = _Conn(url, self.location, options)  # the keeper thread's own
         self._epoch: int | None = None
         self._deadline = 0.0  # time.monotonic() until which the lease is surely ours
+        self._renewed = 0.0  # time.monotonic() when the last successful renewal was sent
         self._loss = ""
         self._locks: dict[str, PgJobLock] = {}
         self._keeper: threading.Thread | None = None
@@ -357,13 +358,14 @@ class PgStore:
                         now_epoch, host, pid = cur.fetchone()
                         self._lose(epoch, f"the lease was taken over (epoch {now_epoch}, pid {pid} on {host})")
                     elif self._epoch == epoch:
+                        self._renewed = sent
                         self._deadline = sent + self.lease * 0.9
                 cur.execute("UPDATE cronpy.job_locks SET expires_at = clock_timestamp() + %s * interval '1 second'"
                             " WHERE holder = %s", (self.lease, self.holder_id))
                 self._heartbeat_on(cur)
         except CronpyError as exc:
             if epoch is not None and time.monotonic() >= self._deadline:
-                self._lose(epoch, f"cannot renew the lease: {exc}")
+                self._lose(epoch, f"the lease ran out: the store cannot be reached: {exc}")
 
     def _heartbeat(self) -> None:
         with self._db.use() as cur:
@@ -402,6 +404,7 @@ class PgStore:
             if row is None:
                 return False
             self._epoch = int(row[0])
+            self._renewed = sent
             self._deadline = sent + self.lease * 0.9
             self._loss = ""
             self._heartbeat_on(cur)
@@ -417,7 +420,10 @@ class PgStore:
 
     def describe_loss(self) -> str:
         if self._epoch is not None and time.monotonic() >= self._deadline:
-            return f"could not renew the lease within {self.lease:g}s ({self._hb.last_error or 'no answer'})"
+            ago = time.monotonic() - self._renewed
+            why = (f"the store cannot be reached: {self._hb.last_error}" if self._hb.lost_since is not None
+                   else "this process was paused or too slow to renew it")
+            return f"the lease ran out: last renewed {ago:.1f}s ago, for {self.lease:g}s ({why})"
         return self._loss or "the lease was lost"
 
     def release(self) -> None:

@@ -112,6 +112,7 @@ class Runner:
         self._tick_started: float | None = None
         self._prelocked: dict[str, JobLock] = {}  # job locks taken before dispatch (foreground trigger)
         self._leading = True  # False once a fenced claim is refused: stop firing (see step_down)
+        self._started = False  # run_on_start runs once per process, not again after a step-down
 
     # -- the heap ----------------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class Runner:
         a lease.
         """
         self._leading = True
+        first_start, self._started = not self._started, True
         for spec in self.jobs.jobs.values():
             if not spec.enabled:
                 continue
@@ -161,7 +163,7 @@ class Runner:
             if isinstance(spec.schedule, Every) and (missed or late):
                 self._anchors[spec.name] = missed or late  # type: ignore[assignment]
             self._schedule_next(spec, now)
-            if spec.run_on_start:
+            if spec.run_on_start and first_start:
                 self._push(now, spec.name, Trigger.START, now)
 
     def _missed_while_down(self, spec: JobSpec, now: datetime) -> datetime | None:

@@ -318,7 +318,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
 def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, history: Store, sd: Path,
               jobs_file: Path, since: datetime) -> bool:
     """Wait until this runner is the scheduler (True) or is asked to stop (False)."""
-    said = ""
+    said = ""  # what was last logged, so that a long standby logs each change once
     last_status = 0.0
     while not runner.stopping:
         try:
@@ -330,7 +330,7 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
             why = str(LockHeld("the scheduler", holder.describe() if holder else None))
         except CronpyError as exc:  # the store cannot be reached: nobody here can prove leadership
             why = f"cannot reach the store: {exc}"
-        if why.split(" (held by")[0] != said.split(" (held by")[0]:
+        if why != said and not (why.startswith("cannot reach") and said.startswith("cannot reach")):
             log.info("standby: %s; taking over when it stops", why)
             notifier.ready(f"standby: {why}")
             said = why

@@ -19,6 +19,7 @@ from cronpy.history import History
 from cronpy.locks import Locks
 from cronpy.models import JobSet
 from cronpy.runner import Runner
+from cronpy.store import Store
 
 UTC = timezone.utc
 
@@ -30,10 +31,69 @@ def state_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL server on loopback for the whole session (see pgserver.py).
+
+    Without PostgreSQL's binaries the PostgreSQL tests are skipped, unless
+    $CRONPY_REQUIRE_POSTGRES is set (CI sets it): then they fail.
+    """
+    from pgserver import PgServer, find_bindir
+
+    if find_bindir() is None:
+        if os.environ.get("CRONPY_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL server binaries not found and $CRONPY_REQUIRE_POSTGRES is set")
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    server = PgServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def history_db(state_dir: Path):
-    with History.open(state_dir) as h:
-        yield h
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the session's server."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def open_store(store_kind: str, state_dir: Path, request) -> Callable[[], Store]:
+    """Open the store under test, as many times as a test likes (each a connection of its own).
+
+    On PostgreSQL the first store opened takes the leader lease, and later ones write under
+    its epoch, as connections of one leader would: claims are fenced.
+    """
+    opened: list[Store] = []
+    url = request.getfixturevalue("pg_url") if store_kind == "postgres" else None
+
+    def make() -> Store:
+        if url is None:
+            s: Store = History.open(state_dir)
+        else:
+            from cronpy.pgstore import PgStore
+
+            s = pg = PgStore(url, lease=30)
+            if not opened:
+                assert pg.try_acquire()
+            else:
+                leader = opened[0]
+                pg._epoch, pg._deadline = leader._epoch, leader._deadline  # type: ignore[attr-defined]
+        opened.append(s)
+        return s
+
+    yield make
+    for s in reversed(opened):
+        s.close()
+
+
+@pytest.fixture
+def history_db(open_store: Callable[[], Store]) -> Store:
+    """The store under test, SQLite and PostgreSQL in turn."""
+    return open_store()
 
 
 @pytest.fixture

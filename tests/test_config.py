@@ -52,6 +52,9 @@ def problems(text: str, now: datetime | None = None) -> list[str]:
     ("jobs:\n  a: {command: x, after: a}\n", "jobs.yaml:2: jobs.a.after: a job cannot run after itself"),
     ("jobs:\n  a:\n    command: x\n    ping: hc-ping.example/abc\n", "jobs.yaml:4: jobs.a.ping: expected an http:// or https:// URL"),
     ("jobs:\n  a:\n    command: x\n    on_failure: [notify]\n", "jobs.yaml:4: jobs.a.on_failure: expected a shell command"),
+    ("state_dir: s\nstore: mysql://db/cronpy\njobs: {}\n", "jobs.yaml:2: store: expected a postgresql://"),
+    ("leader_lease: 500ms\njobs: {}\n", "jobs.yaml:1: leader_lease: must be at least 1s"),
+    ("leader_lease: soon\njobs: {}\n", "jobs.yaml:1: leader_lease: expected a duration"),
 ])
 def test_each_problem_names_line_and_key(text: str, expected: str) -> None:
     found = problems(text)
@@ -168,3 +171,19 @@ def test_state_dir_is_read_from_the_file_quickly_and_correctly(tmp_path: Path, t
     p = tmp_path / "jobs.yaml"
     p.write_text(text)
     assert file_state_dir(p) == ((tmp_path / expected).resolve() if expected else None)
+
+
+def test_store_resolution_order_and_the_file_setting(tmp_path: Path) -> None:
+    from cronpy.paths import file_setting, resolve_store
+
+    p = tmp_path / "jobs.yaml"
+    p.write_text("store: 'postgresql://cronpy@db.internal/cronpy'  # the fleet's\nleader_lease: 5s\njobs: {}\n")
+    from_file = file_setting(p, "store")
+    assert from_file == "postgresql://cronpy@db.internal/cronpy"
+    jobs = load_jobs(p)
+    assert (jobs.store, jobs.leader_lease) == (from_file, 5.0)
+    env = {"CRONPY_STORE": "postgresql://env/x"}
+    assert resolve_store("postgresql://opt/x", from_file, env) == "postgresql://opt/x"
+    assert resolve_store(None, from_file, env) == "postgresql://env/x"
+    assert resolve_store(None, from_file, {}) == from_file
+    assert resolve_store(None, None, {}) is None  # SQLite in the state dir

@@ -1,4 +1,5 @@
-"""History: claims, filters and stats figures on a known history."""
+"""The store suite: claims, filters and stats figures on a known history, run against both
+stores (SQLite in a state dir, and a real PostgreSQL server); a few SQLite-only checks last."""
 
 from __future__ import annotations
 
@@ -37,16 +38,16 @@ def test_a_scheduled_instant_can_be_claimed_only_once(history_db: History) -> No
     assert history_db.start_run("billing", Trigger.MANUAL, T0, scheduled_for=T0) is not None
 
 
-def test_claims_from_two_connections_racing_give_exactly_one_winner(state_dir: Path) -> None:
+def test_claims_from_two_connections_racing_give_exactly_one_winner(open_store) -> None:
     results: list[int | None] = []
     barrier = threading.Barrier(4)
+    stores = [open_store() for _ in range(4)]
 
-    def claim() -> None:
-        with History.open(state_dir) as h:
-            barrier.wait()
-            results.append(h.start_run("billing", Trigger.SCHEDULE, T0, scheduled_for=T0))
+    def claim(h) -> None:
+        barrier.wait()
+        results.append(h.start_run("billing", Trigger.SCHEDULE, T0, scheduled_for=T0))
 
-    threads = [threading.Thread(target=claim) for _ in range(4)]
+    threads = [threading.Thread(target=claim, args=(h,)) for h in stores]
     [t.start() for t in threads]
     [t.join(30) for t in threads]
     assert len(results) == 4 and sum(r is not None for r in results) == 1
@@ -109,11 +110,13 @@ def test_prune_removes_only_old_finished_runs(history_db: History) -> None:
     assert {r.id for r in history_db.query(limit=None)} == {old_running, keep}
 
 
-def test_schema_is_versioned_wal_and_intact(history_db: History, state_dir: Path) -> None:
+def test_sqlite_schema_is_versioned_wal_and_intact(state_dir: Path) -> None:
+    history_db = History.open(state_dir)
     db = sqlite3.connect(state_dir / "history.db")
     assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert history_db.integrity_check() == "ok"
+    history_db.close()
     # Reopening does not re-run migrations.
     History.open(state_dir).close()
 
@@ -144,7 +147,7 @@ def test_totals_kept_by_triggers_stay_right_through_pruning(history_db: History)
     assert fast.mean == pytest.approx(slow.mean) == pytest.approx(45.5)
 
 
-def test_runners_opening_a_new_state_dir_together_all_succeed(tmp_path):
+def test_runners_opening_a_new_sqlite_state_dir_together_all_succeed(tmp_path):
     # Switching a new file to WAL does not wait on SQLite's busy handler: without a retry,
     # about one start in ten of four runners on a fresh state dir failed "database is locked".
     failures: list[str] = []

@@ -174,6 +174,29 @@ def test_an_interval_continues_its_cadence_after_a_restart(state_dir: Path) -> N
     second.history.close()
 
 
+def test_an_instant_missed_while_no_runner_scheduled_fires_once_late_within_the_window(state_dir: Path) -> None:
+    # The leader dies after firing 10:01; its successor starts at 10:02:07 (a restart, or a
+    # takeover once the dead leader's lease ran out). 10:02 is 7 s late: it fires once,
+    # late, as a scheduled run, and the schedule goes on at 10:03.
+    jobs = jobset('jobs:\n  billing: {schedule: "* * * * *", command: "true"}\n')
+    start = datetime(2026, 5, 4, 10, 0, 30, tzinfo=UTC)
+    first = Harness(jobs, state_dir, start).start()
+    first.run_until(datetime(2026, 5, 4, 10, 1, 30, tzinfo=UTC))
+    first.history.close()
+    second = Harness(jobs, state_dir, datetime(2026, 5, 4, 10, 2, 7, tzinfo=UTC)).start()
+    second.run_until(datetime(2026, 5, 4, 10, 3, 30, tzinfo=UTC))
+    rows = second.rows("billing")
+    assert [(r.scheduled_for.strftime("%H:%M:%S"), r.started_at.strftime("%H:%M:%S"), r.trigger)  # type: ignore[union-attr]
+            for r in rows] == [("10:01:00", "10:01:00", Trigger.SCHEDULE), ("10:02:00", "10:02:07", Trigger.SCHEDULE),
+                               ("10:03:00", "10:03:00", Trigger.SCHEDULE)]
+    second.history.close()
+    # Past the window (a fleet passes its lease + 10 s), a missed instant is left to catch_up.
+    third = Harness(jobs, state_dir, datetime(2026, 5, 4, 10, 4, 15, tzinfo=UTC))
+    third.runner.start(third.clock.now(), late_window=timedelta(seconds=10))
+    assert third.runner.next_wakeup() == datetime(2026, 5, 4, 10, 5, tzinfo=UTC)
+    third.history.close()
+
+
 def test_a_one_shot_runs_once_even_across_a_restart(state_dir: Path) -> None:
     jobs = jobset("jobs:\n  once: {at: '2026-05-04T10:00:00+00:00', command: 'true', catch_up: true}\n")
     first = Harness(jobs, state_dir, T0).start()
