@@ -478,20 +478,31 @@ class PgStore:
 
         Claims carry this runner's epoch; NotLeader if the database refuses it (stale lease).
         """
+        if not runs:
+            return []
         ids: list[int | None] = []
-        epoch = self._epoch
+        epoch, pid = self._epoch, os.getpid()
+        params = []
+        for r in runs:
+            finished = r.started_at if r.status.finished else None
+            params.append((r.job, r.status.value, r.trigger.value, r.attempt, r.scheduled_for, r.started_at, finished,
+                           0.0 if finished is not None else None, r.error, HOST, pid, r.parent_id, epoch))
+        sql = ("INSERT INTO cronpy.runs (job, status, trigger, attempt, scheduled_for, started_at, finished_at,"
+               " duration, error, host, runner_pid, parent_id, epoch) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+               f" ON CONFLICT (job, scheduled_for) WHERE {_CLAIM_WHERE} DO NOTHING RETURNING id")
         with self._db.use(transaction=True) as cur:
-            for r in runs:
-                finished = r.started_at if r.status.finished else None
-                cur.execute(
-                    "INSERT INTO cronpy.runs (job, status, trigger, attempt, scheduled_for, started_at, finished_at,"
-                    " duration, error, host, runner_pid, parent_id, epoch)"
-                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                    f" ON CONFLICT (job, scheduled_for) WHERE {_CLAIM_WHERE} DO NOTHING RETURNING id",
-                    (r.job, r.status.value, r.trigger.value, r.attempt, r.scheduled_for, r.started_at, finished,
-                     0.0 if finished is not None else None, r.error, HOST, os.getpid(), r.parent_id, epoch))
+            if len(params) == 1:  # a pipeline costs ~0.2 ms more for a single row
+                cur.execute(sql, params[0])
+                row = cur.fetchone()
+                return [row[0] if row else None]
+            # returning=True pipelines the rows (one round trip for a burst, not one a row)
+            # and keeps one result per row: empty where ON CONFLICT found the instant claimed.
+            cur.executemany(sql, params, returning=True)
+            while True:
                 row = cur.fetchone()
                 ids.append(row[0] if row else None)
+                if not cur.nextset():
+                    break
         return ids
 
     def set_pids(self, pids: Sequence[tuple[int, int]]) -> None:

@@ -38,6 +38,22 @@ def test_a_scheduled_instant_can_be_claimed_only_once(history_db: History) -> No
     assert history_db.start_run("billing", Trigger.MANUAL, T0, scheduled_for=T0) is not None
 
 
+def test_a_burst_claimed_in_one_batch_gets_each_rows_own_answer(history_db) -> None:
+    from cronpy.history import NewRun
+
+    assert history_db.start_run("b", Trigger.SCHEDULE, T0, scheduled_for=T0) is not None
+    ids = history_db.start_runs([
+        NewRun("a", Trigger.SCHEDULE, T0, T0),  # new: claimed
+        NewRun("a", Trigger.SCHEDULE, T0, T0),  # the same instant again in the batch: refused
+        NewRun("a", Trigger.MANUAL, T0, T0),  # not a claim
+        NewRun("b", Trigger.SCHEDULE, T0, T0),  # claimed before the batch: refused
+        NewRun("c", Trigger.SCHEDULE, T0, T0, status=RunStatus.SKIPPED, error="overlap"),
+    ])
+    assert [i is None for i in ids] == [False, True, False, True, False]
+    assert [history_db.get(i).job for i in ids if i is not None] == ["a", "a", "c"]  # type: ignore[arg-type]
+    assert history_db.get(ids[4]).status is RunStatus.SKIPPED  # type: ignore[arg-type]
+
+
 def test_claims_from_two_connections_racing_give_exactly_one_winner(open_store) -> None:
     results: list[int | None] = []
     barrier = threading.Barrier(4)
