@@ -125,8 +125,11 @@ def claims(server: PgServer, seconds: float) -> None:
 def _leader_pid(url: str) -> int | None:
     import psycopg
 
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT pid FROM cronpy.leader WHERE expires_at > clock_timestamp()").fetchone()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pid FROM cronpy.leader WHERE expires_at > clock_timestamp()").fetchone()
+    except psycopg.errors.UndefinedTable:  # no runner has created the schema yet
+        return None
     return row[0] if row else None
 
 
