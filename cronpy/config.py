@@ -22,7 +22,7 @@ from cronpy.durations import parse_duration
 from cronpy.errors import ConfigError, Problem, UsageError
 from cronpy.models import At, Backoff, Cron, JobSet, JobSpec, Overlap, Schedule
 from cronpy.schedule import ever_fires, parse_schedule, zone
-from cronpy.store import is_postgres_url
+from cronpy.paths import is_postgres_url
 
 TOP_KEYS = {"timezone", "state_dir", "store", "leader_lease", "max_concurrent", "history_retention", "shutdown_grace",
             "defaults", "jobs"}

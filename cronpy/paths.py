@@ -42,6 +42,10 @@ def resolve_state_dir(
     return Path(xdg) / "cronpy"
 
 
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def resolve_store(option: str | None, file_store: str | None, env: Mapping[str, str] = os.environ) -> str | None:
     """Return the store URL: --store, $CRONPY_STORE, the file's `store`; None means the SQLite
     history in the state dir."""
@@ -68,7 +72,8 @@ def file_setting(path: Path, key: str) -> str | None:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    if key not in text:
+    # Only where the name stands as a key: a job named `restore` must not cost a YAML parse.
+    if not re.search(rf"""(?:^|[{{,\s])["']?{key}["']?\s*:""", text, re.MULTILINE):
         return None
     lines = list(_SETTING_LINES[key].finditer(text))
     block_style = not re.search(rf"^\s*[{{\[]|^{key}:\s*$|^---", text, re.MULTILINE)

@@ -105,10 +105,6 @@ class Leadership(Protocol):
         ...
 
 
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
-
-
 def open_store(url: str | None, state_dir: Path, *, readonly: bool = False, lease: float = 10.0) -> Store:
     """The store named by `url` (PostgreSQL), else the SQLite history of `state_dir`."""
     if url:

@@ -187,3 +187,17 @@ def test_store_resolution_order_and_the_file_setting(tmp_path: Path) -> None:
     assert resolve_store(None, from_file, env) == "postgresql://env/x"
     assert resolve_store(None, from_file, {}) == from_file
     assert resolve_store(None, None, {}) is None  # SQLite in the state dir
+
+
+def test_a_word_containing_a_setting_name_does_not_cost_a_yaml_parse(tmp_path: Path, monkeypatch) -> None:
+    from cronpy import paths
+
+    p = tmp_path / "jobs.yaml"
+    p.write_text("jobs:\n  restore:\n    command: ./restore-datastore.sh\n")
+    parsed: list[str] = []
+    monkeypatch.setattr(paths, "_parse_yaml", lambda text: parsed.append(text))
+    assert paths.file_setting(p, "store") is None
+    assert parsed == []
+    p.write_text("jobs: {}\n{store: postgresql://x/y}\n")  # a key after all: the parser decides
+    paths.file_setting(p, "store")
+    assert len(parsed) == 1
