@@ -473,6 +473,10 @@ class History:
         )
         return _dt(rows[0][0]) if rows else None
 
+    def last_scheduled_many(self, jobs: Sequence[str]) -> dict[str, datetime]:
+        """last_scheduled of each job that has one (an index walk each, ~20 µs)."""
+        return {job: t for job in jobs if (t := self.last_scheduled(job)) is not None}
+
     def recent(self, job: str, count: int = 20) -> list[tuple[RunStatus, float | None]]:
         """The job's latest `count` runs as (status, duration), oldest first (stats marks)."""
         rows = self._read("SELECT status, duration FROM runs INDEXED BY runs_job_id WHERE job = ?"

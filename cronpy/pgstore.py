@@ -645,6 +645,16 @@ class PgStore:
         return self._one(f"SELECT scheduled_for FROM cronpy.runs WHERE job = %s AND {_CLAIM_WHERE}"
                          " AND trigger IN ('schedule', 'catchup') ORDER BY scheduled_for DESC LIMIT 1", (job,))
 
+    def last_scheduled_many(self, jobs: Sequence[str]) -> dict[str, datetime]:
+        """last_scheduled of every job in one round trip; the server walks the claim index per job."""
+        if not jobs:
+            return {}
+        rows = self._read(
+            "SELECT j, (SELECT scheduled_for FROM cronpy.runs WHERE job = j AND "
+            f"{_CLAIM_WHERE} AND trigger IN ('schedule', 'catchup') ORDER BY scheduled_for DESC LIMIT 1)"
+            " FROM unnest(%s::text[]) AS j", (list(jobs),))
+        return {job: t for job, t in rows if t is not None}
+
     def recent(self, job: str, count: int = 20) -> list[tuple[RunStatus, float | None]]:
         rows = self._read("SELECT status, duration FROM cronpy.runs WHERE job = %s ORDER BY id DESC LIMIT %s",
                           (job, count))

@@ -202,6 +202,8 @@ def status(st: Any, *, as_json: bool) -> None:
             f"{epoch}{lease}\n")
     elif st.scheduler_live:
         out("scheduler: running (holder unknown)\n")
+    elif st.store is not None and st.store_error:
+        out("scheduler: unknown (the store cannot be read from here)\n")
     elif st.store is not None:
         out("scheduler: no runner holds the leader lease\n")
     else:

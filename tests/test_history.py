@@ -197,3 +197,5 @@ def test_last_scheduled_is_the_latest_scheduled_instant_not_a_retry_or_a_manual_
     h.start_run("sync", Trigger.MANUAL, T0 + timedelta(minutes=50), scheduled_for=T0 + timedelta(minutes=50))
     h.start_run("other", Trigger.SCHEDULE, T0 + timedelta(hours=1), scheduled_for=T0 + timedelta(hours=1))
     assert h.last_scheduled("sync") == T0 + timedelta(minutes=30)
+    assert h.last_scheduled_many(["sync", "other", "never"]) == {
+        "sync": T0 + timedelta(minutes=30), "other": T0 + timedelta(hours=1)}
