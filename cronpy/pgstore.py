@@ -129,6 +129,12 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER runs_fence BEFORE INSERT ON cronpy.runs
         FOR EACH ROW EXECUTE FUNCTION cronpy.fence_claim();
     """,
+    # 2: `stats` over all of history without sorting it: finished durations indexed by job,
+    # walked from the nearer end for each nearest rank (as the SQLite store does).
+    f"""
+    CREATE INDEX runs_finished_duration ON cronpy.runs (job, duration)
+        WHERE status IN ({_FINISHED_SQL}) AND duration IS NOT NULL;
+    """,
 ]
 
 COLUMNS = (
@@ -670,17 +676,7 @@ class PgStore:
             f" FROM cronpy.runs{where} GROUP BY job ORDER BY job", params)
         if not counts:
             return []
-        finished = " AND ".join(filter(None, [where.removeprefix(" WHERE "),
-                                              f"status IN ({_FINISHED_SQL}) AND duration IS NOT NULL"]))
-        # Nearest rank in integers: ceil(q * n) = (100 q n + 99) div 100, at least 1.
-        ranked: dict[str, dict[int, float]] = {}
-        for name, q, d in self._read(
-                "SELECT job, q, duration FROM (SELECT job, duration,"
-                " row_number() OVER (PARTITION BY job ORDER BY duration) AS rn,"
-                " count(*) OVER (PARTITION BY job) AS n FROM cronpy.runs"
-                f" WHERE {finished}) s, (VALUES (50), (95), (100)) AS qs(q)"
-                " WHERE rn = greatest(1, (q * n + 99) / 100)", params):
-            ranked.setdefault(name, {})[q] = d
+        ranked = self._ranked_durations(where, params, since is None)
         last = {r[0]: r for r in self._read(
             "SELECT id, status, started_at FROM cronpy.runs WHERE id = ANY(%s)", ([c[6] for c in counts],))}
         out = []
@@ -691,6 +687,44 @@ class PgStore:
                 p50=q.get(50), p95=q.get(95), max=q.get(100),
                 last_started=last[last_id][2], last_status=RunStatus(last[last_id][1])))
         return out
+
+
+    def _ranked_durations(self, where: str, params: list[Any], everything: bool) -> dict[str, dict[int, float]]:
+        """{job: {50: p50, 95: p95, 100: max}} of finished durations, nearest rank."""
+        finished = f"status IN ({_FINISHED_SQL}) AND duration IS NOT NULL"
+        ranked: dict[str, dict[int, float]] = {}
+        if not everything:
+            # A window: rank the rows in it (usually few) in one sort.
+            cond = " AND ".join(filter(None, [where.removeprefix(" WHERE "), finished]))
+            for name, q, d in self._read(
+                    "SELECT job, q, duration FROM (SELECT job, duration,"
+                    " row_number() OVER (PARTITION BY job ORDER BY duration) AS rn,"
+                    " count(*) OVER (PARTITION BY job) AS n FROM cronpy.runs"
+                    f" WHERE {cond}) s, (VALUES (50), (95), (100)) AS qs(q)"
+                    " WHERE rn = greatest(1, (q * n + 99) / 100)", params):
+                ranked.setdefault(name, {})[q] = d
+            return ranked
+        # All of history: n per job from the partial index, then each rank by walking that
+        # index from its nearer end, all jobs in one query a direction (no sort of history).
+        job_clause = " AND job = %s" if params else ""
+        walks: dict[bool, list[tuple[str, int, int]]] = {True: [], False: []}
+        for name, n in self._read(f"SELECT job, count(*) FROM cronpy.runs WHERE {finished}{job_clause}"
+                                  " GROUP BY job", params):
+            for q in (50, 95, 100):
+                rank = max(1, (q * n + 99) // 100)  # ceil(q n / 100), in integers
+                ascending = rank <= n - rank + 1
+                walks[ascending].append((name, q, rank - 1 if ascending else n - rank))
+        for ascending, items in walks.items():
+            if not items:
+                continue
+            names, qs, offsets = zip(*items)
+            for name, q, d in self._read(
+                    f"SELECT j, q, (SELECT duration FROM cronpy.runs WHERE job = j AND {finished}"
+                    f" ORDER BY duration {'ASC' if ascending else 'DESC'} LIMIT 1 OFFSET o)"
+                    " FROM unnest(%s::text[], %s::int[], %s::int[]) AS t(j, q, o)",
+                    (list(names), list(qs), list(offsets))):
+                ranked.setdefault(name, {})[q] = d
+        return ranked
 
 
 class PgJobLock:
