@@ -7,6 +7,7 @@ Each runner has a state dir of its own, as a runner on another host would.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -105,7 +106,8 @@ def test_three_runners_on_one_database_fire_each_instant_once_through_a_pause_an
     instant_of = {r[0]: r[1] for r in rows}
     ran = [instant_of[i] for i in executed if i in instant_of]
     assert len(ran) == len(set(ran)), "an instant ran twice"
-    assert len({r[2] for r in rows}) == 3, "every runner led at some point"
+    # The paused runner, a healthy standby again by the kill, may win the lease back.
+    assert len({r[2] for r in rows}) >= 2, "the schedule moved to another runner"
     gaps = [b - a for a, b in zip(instants, instants[1:])]
     assert max(gaps) <= LEASE + 1, f"longest gap {max(gaps)}s is over the lease ({LEASE}s) plus a second"
     text = paused_log.read_text()
@@ -113,7 +115,9 @@ def test_three_runners_on_one_database_fire_each_instant_once_through_a_pause_an
     assert ("stepped down as the scheduler: the lease ran out" in text
             or "stepped down as the scheduler: the lease was taken over (epoch" in text), text
     assert "standby: the scheduler is already running elsewhere (held by pid" in text
-    assert all("took over the scheduler lease" in log.read_text() for log in logs if log != paused_log)
+    first = rows[0][2]
+    for pid in {r[2] for r in rows} - {first}:  # every runner that fired after the first one
+        assert "took over the scheduler lease" in by_pid[pid][1].read_text()
 
 
 def test_a_runner_that_loses_its_database_keeps_its_jobs_stops_scheduling_and_says_so(
@@ -152,6 +156,10 @@ def test_a_runner_that_loses_its_database_keeps_its_jobs_stops_scheduling_and_sa
         shown = cronpy("status", "-f", str(path), "--state-dir", str(sd)).stdout
         assert f"this host: pid {proc.pid}, leader, connected" in shown
         assert f"scheduler: pid {proc.pid} on" in shown and "epoch 2" in shown
+        status = json.loads(cronpy("status", "-f", str(path), "--state-dir", str(sd), "--json").stdout)
+        assert (status["scheduler"]["pid"], status["scheduler"]["epoch"]) == (proc.pid, 2)
+        assert [(f["pid"], f["role"]) for f in status["store"]["fleet"]] == [(proc.pid, "leader")]
+        assert status["store"]["this_host"]["connected"] is True
     finally:
         stop(proc)
     text = log.read_text()

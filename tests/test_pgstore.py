@@ -155,6 +155,13 @@ def test_trigger_on_another_host_respects_the_job_lock_and_records_in_the_fleet_
     (run,) = json.loads(listed.stdout)
     assert (run["status"], run["trigger"]) == ("success", "manual")
     assert holder.get(run["id"]).output == "dumped\n"
+    shown = json.loads(cronpy("show", str(run["id"]), "-f", str(path), *store, "--json").stdout)
+    assert (shown["job"], shown["output"], shown["exit_code"]) == ("backup", "dumped\n", 0)
+    (stats,) = json.loads(cronpy("stats", "-f", str(path), *store, "--json").stdout)
+    assert (stats["job"], stats["runs"], stats["successes"]) == ("backup", 1, 1)
+    # The same commands find the store through $CRONPY_STORE.
+    via_env = cronpy("history", "backup", "-f", str(path), "--json", env={"CRONPY_STORE": holder.url})
+    assert [r["id"] for r in json.loads(via_env.stdout)] == [run["id"]]
 
 
 def test_a_password_never_reaches_a_message() -> None:
