@@ -80,6 +80,11 @@ class HistoryError(CronpyError):
         super().__init__(f"history database {path}: {reason}")
 
 
+class StoreUnreachable(HistoryError):
+    """Raised when a fleet store's database cannot be reached: a connection failed or was lost.
+    Unlike other history errors it passes: a runner waits and tries again."""
+
+
 class RunNotFound(CronpyError):
     """Raised when `cronpy show` is given a run id that is not in the history."""
 

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader, RunNotFound
+from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader, RunNotFound, StoreUnreachable
 from cronpy.history import CLAIMED_TRIGGERS, HOST, NewRun, result_json
 from cronpy.locks import Holder
 from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
@@ -186,13 +186,13 @@ class _Conn:
             return self._conn
         now = time.monotonic()
         if now < self._retry_at:
-            raise HistoryError(self.location, f"not connected (next attempt in {self._retry_at - now:.1f}s): "
-                                              f"{self.last_error}")
+            raise StoreUnreachable(self.location, f"not connected (next attempt in {self._retry_at - now:.1f}s): "
+                                                  f"{self.last_error}")
         try:
             self._conn = psycopg.connect(self.url, autocommit=True, **self.options)
         except psycopg.Error as exc:
             self._failed(exc)
-            raise HistoryError(self.location, f"cannot connect: {self.last_error}") from None
+            raise StoreUnreachable(self.location, f"cannot connect: {self.last_error}") from None
         if self.lost_since is not None:
             log.warning("store %s: connected again after %.1fs", self.location, time.time() - self.lost_since)
         self.lost_since = None
@@ -229,7 +229,7 @@ class _Conn:
                         conn.close()
                     except psycopg.Error:
                         pass
-                    raise HistoryError(self.location, f"connection lost: {self.last_error}") from None
+                    raise StoreUnreachable(self.location, f"connection lost: {self.last_error}") from None
                 raise HistoryError(self.location, str(exc).strip()) from None
 
     def close(self) -> None:

@@ -43,6 +43,14 @@ FIRST_BATCH = 4
 # then waits for the instant itself to spawn: the child starts ~1 ms sooner, never early.
 LEAD = timedelta(milliseconds=3)
 
+# A failed history write (disk full, a lost store) is retried, backing off from the first
+# to the second figure, in seconds: RECORD_TRIES times (~50 s) on SQLite; on a fleet store
+# for up to FLEET_RECORD_PATIENCE, since its database may be failing over or in maintenance
+# for minutes, while this runner stands by anyway.
+RECORD_BACKOFF = (0.2, 30.0)
+RECORD_TRIES = 8
+FLEET_RECORD_PATIENCE = 3600.0
+
 OutputSink = Callable[[str, str], None]  # (job name, line)
 
 
@@ -621,15 +629,22 @@ class Runner:
                                 result=result.result)
 
     def _record(self, write: Callable[[], None]) -> None:
-        """Write to history, retrying a failed write (disk full, locked) a few times, loudly."""
-        for attempt in range(8):
+        """Write to history, retrying a failed write loudly (see RECORD_BACKOFF)."""
+        patience = FLEET_RECORD_PATIENCE if self.history.fenced else 0.0
+        deadline = time.monotonic() + patience
+        attempt = 0
+        while True:
             try:
                 write()
                 return
             except CronpyError as exc:
-                log.error("HISTORY WRITE FAILED (try %d of 8): %s", attempt + 1, exc)
-                threading.Event().wait(min(30.0, 0.2 * 2**attempt))
-        log.critical("giving up on a history write after 8 tries; the run's outcome is only in this log")
+                attempt += 1
+                log.error("HISTORY WRITE FAILED (try %d%s): %s", attempt,
+                          "" if patience else f" of {RECORD_TRIES}", exc)
+                if attempt >= RECORD_TRIES and time.monotonic() >= deadline:
+                    break
+                threading.Event().wait(min(RECORD_BACKOFF[1], RECORD_BACKOFF[0] * 2 ** (attempt - 1)))
+        log.critical("giving up on a history write after %d tries; the run's outcome is only in this log", attempt)
 
     # -- the loop ----------------------------------------------------------------------------
 

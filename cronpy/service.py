@@ -23,7 +23,7 @@ from typing import Callable
 from cronpy.clock import Clock, SystemClock
 from cronpy.config import get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
-from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld
+from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, StoreUnreachable
 from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.history import HOST
 from cronpy.integrations import Integrations
@@ -244,7 +244,10 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     clock = clock or SystemClock()
     jobs = load_jobs(jobs_file, now=clock.now())  # nothing starts unless the whole file is valid
     _fd_budget(jobs)
-    history, locks, leadership, sd = open_backend(jobs, state_dir, store)
+    backend = _open_when_reachable(jobs, state_dir, store)
+    if backend is None:  # stopped while the store was unreachable
+        return 0
+    history, locks, leadership, sd = backend
     history.register_runner("standby")
     integrations = Integrations()
     runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations])
@@ -313,6 +316,27 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
             metrics.close()
         history.close()
     return 0
+
+
+def _open_when_reachable(jobs: JobSet, state_dir: Path | None,
+                         store: str | None) -> tuple[Store, JobLocks, Leadership, Path] | None:
+    """open_backend, waiting (backing off up to 10 s) while a fleet store cannot be reached, as
+    a runner that loses its store does later; None if SIGTERM/SIGINT came first."""
+    stop = threading.Event()
+    _install_signals(lambda urgent: stop.set())
+    delay = 0.5
+    said = False
+    while True:
+        try:
+            return open_backend(jobs, state_dir, store)
+        except StoreUnreachable as exc:
+            if not said:
+                log.error("cannot reach the store, waiting for it (retrying with backoff): %s", exc)
+                said = True
+            if stop.wait(delay):
+                log.info("cronpy: stopped before the store could be reached")
+                return None
+            delay = min(delay * 2, 10.0)
 
 
 def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, history: Store, sd: Path,

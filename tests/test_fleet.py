@@ -166,3 +166,37 @@ def test_a_runner_that_loses_its_database_keeps_its_jobs_stops_scheduling_and_sa
     assert "took over the scheduler lease" in text
     assert "skipped" not in text  # run_on_start ran once, not again when it led again
     assert [r[0] for r in sql(pg_url, "SELECT status FROM cronpy.runs WHERE job = 'long'")] == ["success"]
+
+
+def test_a_runner_started_while_its_database_is_away_waits_for_it_then_leads(
+        pg_server, pg_url: str, tmp_path: Path) -> None:
+    db = pg_url.rsplit("/", 1)[1]
+    pg_server.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"store: {pg_url}\njobs:\n  tick: {{schedule: '* * * * * *', command: 'true'}}\n")
+    log = tmp_path / "runner.log"
+    proc = start_runner(path, tmp_path / "host", log)
+    try:
+        assert wait_for(lambda: "cannot reach the store, waiting for it" in log.read_text(), timeout=20)
+        assert proc.poll() is None  # waiting, not exited
+        pg_server.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+        assert wait_for(lambda: started_after(pg_url, 0) >= 2, timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+
+
+def test_a_runner_waiting_for_its_database_stops_on_sigterm(jobs_file, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"store: postgresql://cronpy@127.0.0.1:{port}/none\njobs:\n  a: {{command: 'true'}}\n")
+    log = tmp_path / "runner.log"
+    proc = start_runner(path, tmp_path / "host", log)
+    assert wait_for(lambda: "cannot reach the store, waiting for it" in log.read_text(), timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert "stopped before the store could be reached" in log.read_text()

@@ -223,6 +223,37 @@ def test_a_failing_history_write_does_not_stop_the_job_and_is_written_later(stat
     h.history.close()
 
 
+class FlakyFinish(History):
+    """A real history database whose outcome writes fail a given number of times."""
+
+    failures = 0
+
+    def finish_run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if FlakyFinish.failures > 0:
+            FlakyFinish.failures -= 1
+            raise HistoryError(str(self.path), "connection lost")
+        return super().finish_run(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fenced,landed", [(False, False), (True, True)])
+def test_an_outcome_write_is_retried_8_times_on_sqlite_and_for_an_hour_on_a_fleet_store(
+        state_dir: Path, monkeypatch, fenced: bool, landed: bool) -> None:
+    from cronpy import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "RECORD_BACKOFF", (0.001, 0.004))  # the schedule, not its length
+    h = Harness(jobset("jobs:\n  pay: {schedule: '0 10 * * *', command: 'true'}\n"), state_dir,
+                datetime(2026, 5, 4, 9, 59, tzinfo=UTC))
+    h.history.close()
+    h.history = h.runner.history = FlakyFinish(state_dir / "history.db")
+    h.history.fenced = fenced  # type: ignore[misc]
+    FlakyFinish.failures = 12  # an outage longer than SQLite's 8 tries
+    h.start().step()
+    (row,) = h.rows("pay")
+    assert (row.status is RunStatus.SUCCESS) is landed
+    assert FlakyFinish.failures == (0 if landed else 4)
+    h.history.close()
+
+
 def test_the_sample_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     import shutil
 
