@@ -139,7 +139,8 @@ def _dt(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
-def _row(r: Sequence[Any]) -> RunRecord:
+def run_record(r: Sequence[Any], when: Callable[[Any], datetime | None]) -> RunRecord:
+    """A RunRecord from a row of COLUMNS; `when` turns a stored time into an aware datetime."""
     result = r[12]
     if result is not None:
         try:
@@ -148,9 +149,31 @@ def _row(r: Sequence[Any]) -> RunRecord:
             pass
     return RunRecord(
         id=r[0], job=r[1], status=RunStatus(r[2]), trigger=Trigger(r[3]), attempt=r[4],
-        scheduled_for=_dt(r[5]), started_at=_dt(r[6]), finished_at=_dt(r[7]), duration=r[8],
+        scheduled_for=when(r[5]), started_at=when(r[6]), finished_at=when(r[7]), duration=r[8],
         exit_code=r[9], error=r[10], output=r[11], result=result, pid=r[13], host=r[14],
     )
+
+
+def _row(r: Sequence[Any]) -> RunRecord:
+    return run_record(r, _dt)
+
+
+def run_filters(job: str | None, status: RunStatus | None, since: datetime | None, *, mark: str,
+                when: Callable[[datetime], Any]) -> tuple[str, list[Any]]:
+    """The WHERE clause (with `mark` placeholders) and parameters of a history query;
+    `when` turns a datetime into the stored form."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if job is not None:
+        clauses.append(f"job = {mark}")
+        params.append(job)
+    if status is not None:
+        clauses.append(f"status = {mark}")
+        params.append(status.value)
+    if since is not None:
+        clauses.append(f"started_at >= {mark}")
+        params.append(when(since))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def _statements(script: str) -> list[str]:
@@ -441,18 +464,7 @@ class History:
 
     @staticmethod
     def _filters(job: str | None, status: RunStatus | None, since: datetime | None) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if job is not None:
-            clauses.append("job = ?")
-            params.append(job)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status.value)
-        if since is not None:
-            clauses.append("started_at >= ?")
-            params.append(since.timestamp())
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+        return run_filters(job, status, since, mark="?", when=datetime.timestamp)
 
     def last_runs(self) -> dict[str, RunRecord]:
         """Return the latest run of each job."""

@@ -19,7 +19,6 @@ a dead host from runs of a host that is merely slow.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -31,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader, RunNotFound, StoreUnreachable
-from cronpy.history import CLAIMED_TRIGGERS, HOST, NewRun, result_json
+from cronpy.history import CLAIMED_TRIGGERS, COLUMNS, HOST, NewRun, result_json, run_filters, run_record
 from cronpy.locks import Holder
 from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
 
@@ -137,12 +136,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-COLUMNS = (
-    "id, job, status, trigger, attempt, scheduled_for, started_at, finished_at, duration, "
-    "exit_code, error, output, result, pid, host"
-)
-
-
 def redact(url: str) -> str:
     """The URL without its password, for logs and messages."""
     parts = urlsplit(url)
@@ -154,17 +147,7 @@ def redact(url: str) -> str:
 
 
 def _row(r: Sequence[Any]) -> RunRecord:
-    result = r[12]
-    if result is not None:
-        try:
-            result = json.loads(result)
-        except ValueError:
-            pass
-    return RunRecord(
-        id=r[0], job=r[1], status=RunStatus(r[2]), trigger=Trigger(r[3]), attempt=r[4],
-        scheduled_for=r[5], started_at=r[6], finished_at=r[7], duration=r[8],
-        exit_code=r[9], error=r[10], output=r[11], result=result, pid=r[13], host=r[14],
-    )
+    return run_record(r, lambda t: t)  # psycopg returns timestamptz as aware datetimes
 
 
 class _Conn:
@@ -619,18 +602,7 @@ class PgStore:
 
     @staticmethod
     def _filters(job: str | None, status: RunStatus | None, since: datetime | None) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if job is not None:
-            clauses.append("job = %s")
-            params.append(job)
-        if status is not None:
-            clauses.append("status = %s")
-            params.append(status.value)
-        if since is not None:
-            clauses.append("started_at >= %s")
-            params.append(since)
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+        return run_filters(job, status, since, mark="%s", when=lambda t: t)
 
     def query(self, job: str | None = None, *, status: RunStatus | None = None, since: datetime | None = None,
               limit: int | None = 50, with_output: bool = False) -> list[RunRecord]:
