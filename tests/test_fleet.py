@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import cronpy, pid_gone, wait_for
+from conftest import cronpy, pid_gone, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,18 +54,6 @@ def started_after(url: str, t: float) -> int:
 def wait_and_read(log: Path, text: str, timeout: float = 10) -> str:
     wait_for(lambda: text in log.read_text(), timeout=timeout)
     return log.read_text()
-
-
-def stop(*procs: subprocess.Popen[bytes]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGCONT)
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def test_three_runners_on_one_database_fire_each_instant_once_through_a_pause_and_a_kill_9(

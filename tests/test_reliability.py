@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import Harness, jobset, pid_gone, wait_for
+from conftest import Harness, jobset, pid_gone, stop, wait_for
 
 from cronpy.errors import HistoryError
 from cronpy.history import History
@@ -45,17 +45,6 @@ def query(db: Path, sql: str) -> list[tuple]:
         return []
     finally:
         con.close()
-
-
-def stop(*procs: subprocess.Popen[bytes]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def test_runners_sharing_a_state_dir_fire_each_instant_once_across_a_kill_9_takeover(jobs_file, tmp_path: Path) -> None:
