@@ -257,6 +257,9 @@ class PgStore:
         self._keeper: threading.Thread | None = None
         self._stop = threading.Event()
         self.on_lost: Callable[[], None] | None = None  # called (keeper thread) when the lease is lost
+        #: called (keeper thread) with the id of each of this process's runs that `cronpy cancel`
+        #: asked to stop, from any host
+        self.on_cancel: Callable[[int], None] | None = None
         self.poll_interval = min(0.25, self.lease / 8)
         if readonly:
             self._check_schema()
@@ -352,6 +355,14 @@ class PgStore:
                 cur.execute("UPDATE cronpy.job_locks SET expires_at = clock_timestamp() + %s * interval '1 second'"
                             " WHERE holder = %s", (self.lease, self.holder_id))
                 self._heartbeat_on(cur)
+                cancels: list[int] = []
+                if self.on_cancel is not None:
+                    cur.execute("SELECT c.run_id FROM cronpy.cancel_requests c JOIN cronpy.runs r ON r.id = c.run_id"
+                                " WHERE r.status = 'running' AND r.host = %s AND r.runner_pid = %s",
+                                (HOST, os.getpid()))
+                    cancels = [row[0] for row in cur.fetchall()]
+            for run_id in cancels:
+                self.on_cancel(run_id)  # type: ignore[misc]
         except CronpyError as exc:
             if epoch is not None and time.monotonic() >= self._deadline:
                 self._lose(epoch, f"the lease ran out: the store cannot be reached: {exc}")
@@ -446,6 +457,15 @@ class PgStore:
                         (self.lease * 6,))
             return [{"holder": h, "host": host, "pid": pid, "role": role, "started_at": started.isoformat(),
                      "last_seen_ago": round(ago, 1)} for h, host, pid, role, started, ago in cur.fetchall()]
+
+    def owner_reporting(self, run_id: int) -> bool:
+        """True if the process running `run_id` has sent a heartbeat within two leases (so it
+        will see a cancel request for it)."""
+        rows = self._read(
+            "SELECT 1 FROM cronpy.runs r JOIN cronpy.runners x ON x.host = r.host AND x.pid = r.runner_pid"
+            " WHERE r.id = %s AND x.last_seen > clock_timestamp() - %s * interval '1 second'",
+            (run_id, self.lease * 2))
+        return bool(rows)
 
     # -- job locks --------------------------------------------------------------------------
 

@@ -646,6 +646,17 @@ class Runner:
                 threading.Event().wait(min(RECORD_BACKOFF[1], RECORD_BACKOFF[0] * 2 ** (attempt - 1)))
         log.critical("giving up on a history write after %d tries; the run's outcome is only in this log", attempt)
 
+    def cancel_run(self, run_id: int) -> bool:
+        """Stop one of this runner's runs (`cronpy cancel` from any host): TERM its process
+        group, KILL after kill_grace; recorded as cancelled, not retried. False if not ours."""
+        with self._lock:
+            active = self._active.get(run_id)
+            if active is None or active.attempt is None:
+                return False
+            log.info("%s: cancelling run %d (asked by `cronpy cancel`)", active.spec.name, run_id)
+            active.attempt.cancel(RunStatus.CANCELLED)
+        return True
+
     # -- the loop ----------------------------------------------------------------------------
 
     def request_stop(self, *, now: bool = False) -> None:

@@ -253,6 +253,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations])
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
+        history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
     metrics = None
     if metrics_port is not None:
         from cronpy.metrics import Metrics
@@ -383,6 +384,8 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
         integrations = Integrations()
         runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
                         observers=[integrations], chains=chain)
+        if history.fenced:
+            history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
         _install_signals(lambda urgent: runner.request_stop(now=True))
         try:
             if live:
@@ -583,6 +586,16 @@ def cancel(jobs: JobSet, target: str, state_dir: Path | None, store: str | None 
                 raise NothingToDo(f"no run of {target} is in progress")
         done = []
         for rec in runs:
+            if h.fenced and rec.pid is not None:
+                from cronpy.pgstore import PgStore
+
+                assert isinstance(h, PgStore)
+                h.request_cancel(rec.id, datetime.now(timezone.utc))
+                if h.owner_reporting(rec.id):
+                    # Its runner, on whichever host, stops it: it knows its own process group.
+                    spec = jobs.jobs.get(rec.job)
+                    done.append(_await_cancel(h, rec, h.lease / 3 + (spec.kill_grace if spec else 10.0) + 2.0))
+                    continue
             if rec.host != HOST:
                 done.append(f"run {rec.id} of {rec.job} runs on {rec.host}: cancel it there")
                 continue
@@ -596,6 +609,18 @@ def cancel(jobs: JobSet, target: str, state_dir: Path | None, store: str | None 
             else:
                 done.append(f"run {rec.id} of {rec.job} had already ended")
         return done
+
+
+def _await_cancel(h: Store, rec: RunRecord, timeout: float) -> str:
+    """Wait (bounded) for a run's own runner to stop it after a cancel request."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        now = h.get(rec.id)
+        if now.status is not RunStatus.RUNNING:
+            return f"cancelled run {rec.id} of {rec.job} on {rec.host} (it ended {now.status.value})"
+        time.sleep(0.25)
+    return (f"asked the runner of run {rec.id} of {rec.job} on {rec.host} to cancel it;"
+            f" it has not ended after {timeout:.0f}s (see `cronpy show {rec.id}`)")
 
 
 class NothingToDo(CronpyError):

@@ -167,3 +167,40 @@ def test_trigger_on_another_host_respects_the_job_lock_and_records_in_the_fleet_
 def test_a_password_never_reaches_a_message() -> None:
     assert redact("postgresql://cronpy:s3cret@db:5432/x") == "postgresql://cronpy:***@db:5432/x"
     assert redact("postgresql://cronpy@db/x") == "postgresql://cronpy@db/x"
+
+
+def test_cancel_from_any_host_is_carried_out_by_the_runs_own_runner(hosts, tmp_path: Path) -> None:
+    from conftest import pid_gone
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text("jobs:\n  long: {schedule: '* * * * *', command: 'sleep 30'}\n")
+    owner = hosts(lease=1)
+    assert owner.try_acquire()
+    runner = Runner(jobset(path.read_text(), base_dir=tmp_path), owner, owner, FakeClock(T0 + timedelta(seconds=30)))
+    owner.on_cancel = runner.cancel_run
+    runner.start(runner.clock.now())
+    when = runner.next_wakeup()
+    assert when is not None
+    runner.clock.set(when)  # type: ignore[attr-defined]
+    (run_id,) = runner.tick(when)
+    assert wait_for(lambda: owner.get(run_id).pid is not None)
+    pid = owner.get(run_id).pid
+    out = cronpy("cancel", "long", "-f", str(path), "--store", owner.url)
+    assert out.returncode == 0, out.stderr
+    assert f"cancelled run {run_id} of long on " in out.stdout and "(it ended cancelled)" in out.stdout
+    assert runner.wait_idle(10)
+    assert owner.get(run_id).status is RunStatus.CANCELLED
+    assert pid_gone(pid)  # type: ignore[arg-type]
+
+
+def test_cancel_of_a_run_whose_runner_on_another_host_is_silent_names_that_host(hosts, pg_url, tmp_path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text("jobs:\n  long: {command: 'sleep 30'}\n")
+    hosts()  # creates the schema
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        (run_id,) = conn.execute("INSERT INTO cronpy.runs (job, status, trigger, started_at, pid, host, runner_pid)"
+                                 " VALUES ('long', 'running', 'manual', now(), 4242, 'far-away', 4242)"
+                                 " RETURNING id").fetchone()  # type: ignore[misc]
+    out = cronpy("cancel", str(run_id), "-f", str(path), "--store", pg_url)
+    assert out.returncode == 0, out.stderr
+    assert f"run {run_id} of long runs on far-away: cancel it there" in out.stdout
