@@ -275,14 +275,14 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
             if not _stand_by(leadership, runner, notifier, history, sd, jobs_file, since):
                 break
             try:
-                _recover(history, jobs, clock.now())
+                _recover(history, runner.jobs, clock.now())  # runner.jobs: the file as last reloaded
                 runner.start(clock.now(), late_window=late_window)
             except HistoryError as exc:
                 log.error("cannot load the schedule from the store, standing by: %s", exc)
                 runner.step_down()
                 leadership.release()
                 continue
-            log.info("cronpy: %d job(s) from %s, %s %s; next: %s", len(jobs.jobs), jobs.source,
+            log.info("cronpy: %d job(s) from %s, %s %s; next: %s", len(runner.jobs.jobs), jobs.source,
                      "store" if history.fenced else "state dir", history.location if history.fenced else sd,
                      _summary(runner).split("next: ", 1)[1])
             notifier.ready(_summary(runner))
@@ -302,6 +302,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                 break
             log.warning("stepped down as the scheduler: %s; standing by", leadership.describe_loss())
             leadership.release()
+        # Stopped while standing by after a step-down: the runs it kept get the same grace as
+        # a leader's, and their outcomes are recorded (run_forever did this when it led).
+        runner.shutdown(runner.jobs.shutdown_grace)
         notifier.stopping()
         stop_pruning.set()
         integrations.close()

@@ -188,3 +188,29 @@ def test_a_runner_waiting_for_its_database_stops_on_sigterm(jobs_file, tmp_path:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     assert "stopped before the store could be reached" in log.read_text()
+
+
+def test_a_runner_stopped_while_standing_by_still_waits_for_the_jobs_it_kept(
+        pg_server, pg_url: str, tmp_path: Path) -> None:
+    db = pg_url.rsplit("/", 1)[1]
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"store: {pg_url}\nleader_lease: 2s\njobs:\n"
+                    "  long: {schedule: '@yearly', run_on_start: true, command: 'sleep 3; touch done'}\n")
+    log = tmp_path / "runner.log"
+    proc = start_runner(path, tmp_path / "host", log)
+    try:
+        assert wait_for(lambda: sql(pg_url, "SELECT 1 FROM cronpy.runs WHERE job = 'long' AND pid IS NOT NULL"),
+                        timeout=30)
+        pg_server.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+        pg_server.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+        assert wait_for(lambda: "stepped down as the scheduler" in log.read_text(), timeout=15)
+        assert not (tmp_path / "done").exists()
+        proc.send_signal(signal.SIGTERM)  # standing by, with `long` still running
+        assert wait_for(lambda: (tmp_path / "done").exists(), timeout=15)
+        assert proc.poll() is None  # it waits for the outcome to be written, not just the job
+        pg_server.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+        assert proc.wait(30) == 0
+    finally:
+        pg_server.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+        stop(proc)
+    assert [r[0] for r in sql(pg_url, "SELECT status FROM cronpy.runs WHERE job = 'long'")] == ["success"]
