@@ -461,7 +461,7 @@ def _reading(jobs: JobSet, state_dir: Path | None, store: str | None) -> Store:
 def _anchors(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> dict[str, datetime]:
     try:
         with _reading(jobs, state_dir, store) as h:
-            return {n: t for n in jobs.jobs if (t := h.last_scheduled(n)) is not None}
+            return h.last_scheduled_many(list(jobs.jobs))
     except CronpyError:
         return {}
 
