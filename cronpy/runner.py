@@ -560,10 +560,11 @@ class Runner:
                     result.duration, result.exit_code, f": {result.error.splitlines()[-1]}" if result.error else "")
             with self._lock:
                 del self._active[active.run_id]
-                retry = (result.status in (RunStatus.FAILED, RunStatus.TIMEOUT)
-                         and d.attempt <= spec.retries and not self._stopping and self._leading)
-                if not self._leading and d.attempt <= spec.retries and result.status is not RunStatus.SUCCESS:
+                retryable = (result.status in (RunStatus.FAILED, RunStatus.TIMEOUT)
+                             and d.attempt <= spec.retries and not self._stopping)
+                if retryable and not self._leading:
                     log.warning("%s: not retrying run %d: this runner stepped down", spec.name, active.run_id)
+                retry = retryable and self._leading
                 if retry:
                     delay = spec.backoff.delay(d.attempt, self.rng.random())
                     log.info("%s: retry %d of %d in %.1fs", spec.name, d.attempt, spec.retries, delay)
