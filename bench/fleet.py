@@ -41,12 +41,12 @@ UTC = timezone.utc
 
 
 def _leader(url: str, seconds: float, out: "mp.Queue[dict[str, float]]") -> None:
-    from cronpy.history import NewRun
+    from cronpy.store import NewRun
     from cronpy.models import Trigger
-    from cronpy.pgstore import PgStore
+    from cronpy.store.postgres import PgStore
 
     store = PgStore(url, lease=30)
-    assert store.try_acquire()
+    assert store.leadership.try_acquire()
     base = datetime(2030, 1, 1, tzinfo=UTC)
     latencies = []
     n = 0
@@ -75,22 +75,22 @@ def _leader(url: str, seconds: float, out: "mp.Queue[dict[str, float]]") -> None
 def _standby(url: str, seconds: float, out: "mp.Queue[dict[str, float]]") -> None:
     from cronpy.errors import NotLeader
     from cronpy.models import Trigger
-    from cronpy.pgstore import PgStore
+    from cronpy.store.postgres import PgStore
 
     store = PgStore(url, lease=30)
     polls = refused = accepted = 0
     end = time.monotonic() + seconds
     at = datetime(2031, 1, 1, tzinfo=UTC)
     while time.monotonic() < end:
-        store.try_acquire()
+        store.leadership.try_acquire()
         polls += 1
-        store._epoch = 0  # a stale epoch, as a paused former leader would hold
+        store.leadership.epoch = 0  # a stale epoch, as a paused former leader would hold
         try:
             store.start_run("stale", Trigger.SCHEDULE, at, scheduled_for=at)
             accepted += 1
         except NotLeader:
             refused += 1
-        store._epoch = None
+        store.leadership.epoch = None
         time.sleep(0.25)
     out.put({"polls": polls, "refused": refused, "accepted": accepted})
     store.close()
@@ -98,7 +98,7 @@ def _standby(url: str, seconds: float, out: "mp.Queue[dict[str, float]]") -> Non
 
 def claims(server: PgServer, seconds: float) -> None:
     url = server.new_database()
-    from cronpy.pgstore import PgStore
+    from cronpy.store.postgres import PgStore
 
     PgStore(url).close()  # create the schema before the race
     out: "mp.Queue[dict[str, float]]" = mp.Queue()

@@ -133,7 +133,7 @@ def sleep_until(t: float) -> None:
 def make_history(db: Path, rows: int, jobs: int = 50) -> None:
     """A history.db of `rows` finished runs, written through cronpy's own schema."""
     sys.path.insert(0, str(REPO))
-    from cronpy.history import History
+    from cronpy.store.sqlite import SqliteStore as History
 
     History.open(db.parent).close()
     con = sqlite3.connect(db)

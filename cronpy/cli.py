@@ -228,10 +228,11 @@ def stats(
     def body() -> None:
         from cronpy import render, service
 
-        with _store_for_reading(file, state_dir, store) as h:
+        with _store_for_reading(file, state_dir, store) as h:  # opened once for all it shows
             items = h.stats(name, since=_since(since))
             recent = {s.job: h.recent(s.job) for s in items} if render.is_terminal() and not as_json else {}
-        render.stats(items, service.next_runs_if_readable(file, state_dir, store), recent, as_json=as_json)
+            upcoming = service.next_runs_from(h, file)
+        render.stats(items, upcoming, recent, as_json=as_json)
 
     _guard(body)
 
@@ -252,9 +253,8 @@ def list_jobs(
 
         jobs = _load(file)
         words = {n: service.describe(s.schedule) for n, s in jobs.jobs.items()}
-        render.job_list(list(jobs.jobs.values()), service.next_runs(jobs, state_dir, store),
-                        service.last_runs(jobs, state_dir, store), words, service.paused_jobs(jobs, state_dir, store),
-                        as_json=as_json)
+        seen = service.overview(jobs, state_dir, store)  # one opening of the store
+        render.job_list(list(jobs.jobs.values()), seen.next, seen.last, words, seen.paused, as_json=as_json)
 
     _guard(body)
 
@@ -346,10 +346,13 @@ def status(file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt 
 
     Example: cronpy status --state-dir /var/lib/cronpy
     """
-    def body() -> None:
+    def body() -> int | None:
         from cronpy import render, service
+        from cronpy.errors import EXIT_UNAVAILABLE
 
-        render.status(service.status(file, state_dir, store), as_json=as_json)
+        st = service.status(file, state_dir, store)
+        render.status(st, as_json=as_json)
+        return EXIT_UNAVAILABLE if st.store_error else None  # shown, but not a healthy answer
 
     _guard(body)
 

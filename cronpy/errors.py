@@ -7,6 +7,7 @@ from dataclasses import dataclass
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE from sysexits.h: the store cannot be read or written
 EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: try again later
 EXIT_TIMEOUT = 124  # as coreutils timeout(1)
 
@@ -73,16 +74,39 @@ class NotLeader(CronpyError):
 
 
 class HistoryError(CronpyError):
-    """Raised when the history database cannot be opened, migrated or written."""
+    """Raised when the store (the history database) cannot be opened, migrated, read or
+    written. Exit status 69 (EX_UNAVAILABLE), never 1, which means a job failed."""
+
+    exit_code = EXIT_UNAVAILABLE
 
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         super().__init__(f"history database {path}: {reason}")
 
 
-class StoreUnreachable(HistoryError):
+class StoreUnavailable(HistoryError):
+    """Raised when the store cannot be read or written at all: the SQLite file cannot be
+    opened or is locked, the disk is full, the database server is down. Every command that
+    reads the store fails with it (exit status 69) rather than print invented defaults."""
+
+
+class StoreUnreachable(StoreUnavailable):
     """Raised when a fleet store's database cannot be reached: a connection failed or was lost.
     Unlike other history errors it passes: a runner waits and tries again."""
+
+
+class NoHistory(HistoryError):
+    """Raised when a store is opened read-only before anything has run with it: `list` and
+    `status` show nothing then; `history`, `show` and `stats` exit 2 (often a wrong state dir)."""
+
+    exit_code = EXIT_USAGE
+
+
+class StoreTooNew(HistoryError):
+    """Raised when the store's schema is newer than this cronpy knows (a newer cronpy migrated
+    it): nothing is changed, and the command exits 2."""
+
+    exit_code = EXIT_USAGE
 
 
 class RunNotFound(CronpyError):

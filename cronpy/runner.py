@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 from cronpy.clock import Clock
 from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader
 from cronpy.executor import Attempt, AttemptResult, RunContext
-from cronpy.history import HOST, NewRun
 from cronpy.integrations import Observer
-from cronpy.store import JobLock, JobLocks, Store
+from cronpy.store import HOST, JobLock, JobLocks, NewRun, Store
+from cronpy.store.retry import GaveUp, RetryPolicy
 from cronpy.models import At, Every, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
 from cronpy.schedule import latest_fire, next_fire
 
@@ -632,20 +632,13 @@ class Runner:
     def _record(self, write: Callable[[], None]) -> None:
         """Write to history, retrying a failed write loudly (see RECORD_BACKOFF)."""
         patience = FLEET_RECORD_PATIENCE if self.history.fenced else 0.0
-        deadline = time.monotonic() + patience
-        attempt = 0
-        while True:
-            try:
-                write()
-                return
-            except CronpyError as exc:
-                attempt += 1
-                log.error("HISTORY WRITE FAILED (try %d%s): %s", attempt,
-                          "" if patience else f" of {RECORD_TRIES}", exc)
-                if attempt >= RECORD_TRIES and time.monotonic() >= deadline:
-                    break
-                threading.Event().wait(min(RECORD_BACKOFF[1], RECORD_BACKOFF[0] * 2 ** (attempt - 1)))
-        log.critical("giving up on a history write after %d tries; the run's outcome is only in this log", attempt)
+        policy = RetryPolicy(first=RECORD_BACKOFF[0], cap=RECORD_BACKOFF[1], tries=RECORD_TRIES, patience=patience)
+        try:
+            policy.call(write, on_error=lambda attempt, exc: log.error(
+                "HISTORY WRITE FAILED (try %d%s): %s", attempt, "" if patience else f" of {RECORD_TRIES}", exc))
+        except GaveUp as exc:
+            log.critical("giving up on a history write after %d tries; the run's outcome is only in this log",
+                         exc.tries)
 
     def cancel_run(self, run_id: int) -> bool:
         """Stop one of this runner's runs (`cronpy cancel` from any host): TERM its process

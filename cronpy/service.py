@@ -23,16 +23,17 @@ from typing import Callable
 from cronpy.clock import Clock, SystemClock
 from cronpy.config import get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
-from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, StoreUnreachable
+from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, NoHistory,
+                           StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
-from cronpy.history import HOST
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
 from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
-from cronpy.store import JobLocks, Leadership, Store, open_store
+from cronpy.store import HOST, JobLocks, Leadership, Store, open_backend as _open_backend
+from cronpy.store.retry import OPEN, GaveUp
 
 log = logging.getLogger("cronpy")
 _print_lock = threading.Lock()
@@ -93,16 +94,29 @@ def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], No
         signal.signal(signal.SIGHUP, lambda signum, frame: on_reload())
 
 
-def _prune_loop(history: Store, retention: float, stop: threading.Event, clock: Clock) -> None:
-    """Delete runs older than the retention, hourly, off the scheduling thread."""
+# How often the leader prunes the history (when `history_retention` is set), seconds.
+PRUNE_EVERY = 3600.0
+
+
+def _maintain(history: Store, runner: Runner, leadership: Leadership, retention: float | None,
+              stop: threading.Event, clock: Clock) -> None:
+    """Off the scheduling thread: prune hourly (in small batches, see Store.prune); on a store
+    shared across hosts, also mark the runs of runners that stopped reporting `interrupted`
+    every lease while leading, not only at takeover."""
+    next_prune = 0.0
+    every = history.lease if history.capabilities.shared_across_hosts and history.lease else PRUNE_EVERY
     while not stop.is_set():
         try:
-            removed = history.prune(clock.now() - timedelta(seconds=retention))
-            if removed:
-                log.info("history: pruned %d run(s) older than the retention", removed)
-        except Exception as exc:  # never let pruning take the runner down
-            log.error("history: pruning failed: %s", exc)
-        stop.wait(3600)
+            if retention and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY
+                removed = history.prune(clock.now() - timedelta(seconds=retention))
+                if removed:
+                    log.info("history: pruned %d run(s) older than the retention", removed)
+            if history.capabilities.shared_across_hosts and leadership.valid():
+                _recover(history, runner.jobs, clock.now())
+        except Exception as exc:  # never let maintenance take the runner down
+            log.error("history: maintenance failed: %s", exc)
+        stop.wait(every)
 
 
 class _Reloader:
@@ -165,7 +179,7 @@ def _recover(history: Store, jobs: JobSet, now: datetime) -> None:
     """Runs left `running` by a dead runner become `interrupted`; their process groups are stopped."""
     for rec in history.mark_dead_runs(_runner_alive, now):
         note = ""
-        if rec.pid is not None:
+        if rec.pid is not None and rec.host == HOST:  # another host's pid is not ours to signal
             spec = jobs.jobs.get(rec.job)
             if terminate_run(rec.pid, rec.id, spec.kill_grace if spec else 10.0):
                 note = f"its process group {rec.pid} was still running and has been terminated"
@@ -189,12 +203,12 @@ STATUS_FILE = "runner.json"
 def _store_state(history: Store, leading: bool) -> dict[str, object]:
     """The runner's view of its store, for `cronpy status` on its host."""
     state: dict[str, object] = {"location": history.location, "role": "leader" if leading else "standby"}
-    lost = getattr(history, "disconnected_since", None)
-    if history.fenced:
-        state["connected"] = lost is None
-        state["epoch"] = getattr(history, "epoch", None)
-        if lost is not None:
-            state["disconnected_since"] = datetime.fromtimestamp(lost, timezone.utc).isoformat()
+    if history.capabilities.shared_across_hosts:
+        health = history.health()
+        state["connected"] = health.connected
+        state["epoch"] = health.epoch
+        if health.disconnected_since is not None:
+            state["disconnected_since"] = datetime.fromtimestamp(health.disconnected_since, timezone.utc).isoformat()
     return state
 
 
@@ -221,15 +235,8 @@ def open_backend(jobs: JobSet, state_dir: Path | None, store: str | None = None,
     """The store of a jobs file with its job locks and leadership: PostgreSQL when a store URL
     is given (--store, $CRONPY_STORE, the file's `store`), else SQLite and flock in the state dir."""
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
-    url = resolve_store(store, jobs.store)
-    history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease)
-    if url:
-        from cronpy.pgstore import PgStore
-
-        assert isinstance(history, PgStore)
-        return history, history, history, sd
-    locks = Locks(sd)
-    return history, locks, locks.leadership(), sd
+    backend = _open_backend(resolve_store(store, jobs.store), sd, readonly=readonly, lease=jobs.leader_lease)
+    return backend.store, backend.locks, backend.leadership, sd
 
 
 def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, verbose: bool = False,
@@ -251,9 +258,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     history.register_runner("standby")
     integrations = Integrations()
     runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations])
-    if history.fenced:
-        history.on_lost = runner.wake.set  # type: ignore[attr-defined]
-        history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
+    history.watch(on_lost=runner.wake.set, on_cancel=runner.cancel_run)
     metrics = None
     if metrics_port is not None:
         from cronpy.metrics import Metrics
@@ -268,7 +273,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     # A fleet's failover takes up to a lease: an instant due meanwhile still fires, late.
     late_window = MISFIRE_GRACE + timedelta(seconds=jobs.leader_lease if history.fenced else 0)
     since = clock.now()
-    stop_pruning = threading.Event()
+    stop_maintaining = threading.Event()
     watchdog = False
     try:
         while not runner.stopping:
@@ -289,9 +294,10 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
             if not watchdog:
                 notifier.start_watchdog(runner.healthy)
                 watchdog = True
-                if jobs.history_retention:
-                    threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
-                                     daemon=True, name="prune").start()
+                if jobs.history_retention or history.capabilities.shared_across_hosts:
+                    threading.Thread(target=_maintain, args=(history, runner, leadership, jobs.history_retention,
+                                                             stop_maintaining, clock),
+                                     daemon=True, name="maintain").start()
 
             def on_wake() -> None:
                 reloader()
@@ -306,7 +312,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         # a leader's, and their outcomes are recorded (run_forever did this when it led).
         runner.shutdown(runner.jobs.shutdown_grace)
         notifier.stopping()
-        stop_pruning.set()
+        stop_maintaining.set()
         integrations.close()
         log.info("cronpy: stopped")
     finally:
@@ -328,19 +334,17 @@ def _open_when_reachable(jobs: JobSet, state_dir: Path | None,
     a runner that loses its store does later; None if SIGTERM/SIGINT came first."""
     stop = threading.Event()
     _install_signals(lambda urgent: stop.set())
-    delay = 0.5
-    said = False
-    while True:
-        try:
-            return open_backend(jobs, state_dir, store)
-        except StoreUnreachable as exc:
-            if not said:
-                log.error("cannot reach the store, waiting for it (retrying with backoff): %s", exc)
-                said = True
-            if stop.wait(delay):
-                log.info("cronpy: stopped before the store could be reached")
-                return None
-            delay = min(delay * 2, 10.0)
+
+    def said(attempt: int, exc: BaseException) -> None:
+        if attempt == 1:
+            log.error("cannot reach the store, waiting for it (retrying with backoff): %s", exc)
+
+    try:
+        return OPEN.call(lambda: open_backend(jobs, state_dir, store), retry_on=(StoreUnreachable,),
+                         on_error=said, stop=stop)
+    except GaveUp:
+        log.info("cronpy: stopped before the store could be reached")
+        return None
 
 
 def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, history: Store, sd: Path,
@@ -387,8 +391,7 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
         integrations = Integrations()
         runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
                         observers=[integrations], chains=chain)
-        if history.fenced:
-            history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
+        history.watch(on_cancel=runner.cancel_run)
         _install_signals(lambda urgent: runner.request_stop(now=True))
         try:
             if live:
@@ -458,46 +461,50 @@ def _reading(jobs: JobSet, state_dir: Path | None, store: str | None) -> Store:
     return open_backend(jobs, state_dir, store, readonly=True)[0]
 
 
-def _anchors(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> dict[str, datetime]:
-    try:
-        with _reading(jobs, state_dir, store) as h:
-            return h.last_scheduled_many(list(jobs.jobs))
-    except CronpyError:
-        return {}
-
-
-def next_runs(jobs: JobSet, state_dir: Path | None = None, store: str | None = None) -> dict[str, datetime | None]:
-    """Each enabled job's next instant, as the runner would compute it now."""
+def _next_from(jobs: JobSet, anchors: dict[str, datetime]) -> dict[str, datetime | None]:
     now = datetime.now(timezone.utc)
-    anchors = _anchors(jobs, state_dir, store)
     return {n: next_fire(s, now, anchors.get(n)) if s.enabled else None for n, s in jobs.jobs.items()}
 
 
-def next_runs_if_readable(file: Path | None, state_dir: Path | None = None,
-                          store: str | None = None) -> dict[str, datetime | None]:
-    """next_runs for `stats`, which must still work when the jobs file is missing or broken."""
+def next_runs(jobs: JobSet, state_dir: Path | None = None, store: str | None = None) -> dict[str, datetime | None]:
+    """Each enabled job's next instant, as the runner would compute it now (an interval job's
+    from its last claimed instant). A store that cannot be read raises StoreUnavailable."""
+    try:
+        with _reading(jobs, state_dir, store) as h:
+            return _next_from(jobs, h.last_scheduled_many(list(jobs.jobs)))
+    except NoHistory:
+        return _next_from(jobs, {})
+
+
+def next_runs_from(h: Store, file: Path | None) -> dict[str, datetime | None]:
+    """next_runs for `stats`, from its already open store; {} when the jobs file is missing or
+    broken (`stats` reads the history without it)."""
     from cronpy.paths import find_jobs_file
 
     try:
-        return next_runs(load_jobs(find_jobs_file(str(file) if file else None)), state_dir, store)
+        jobs = load_jobs(find_jobs_file(str(file) if file else None))
     except ConfigError:
         return {}
+    return _next_from(jobs, h.last_scheduled_many(list(jobs.jobs)))
 
 
-def paused_jobs(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> dict[str, datetime]:
+@dataclass(frozen=True)
+class Overview:
+    """What `cronpy list` shows beside the jobs file, read from the store in one opening."""
+
+    next: dict[str, datetime | None]
+    last: dict[str, RunRecord]
+    paused: dict[str, datetime]
+
+
+def overview(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> Overview:
+    """`cronpy list`: next instants, latest runs and paused jobs. Nothing run yet: empty; a
+    store that cannot be read raises StoreUnavailable (exit 69), never invented defaults."""
     try:
         with _reading(jobs, state_dir, store) as h:
-            return h.paused()
-    except CronpyError:
-        return {}
-
-
-def last_runs(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> dict[str, RunRecord]:
-    try:
-        with _reading(jobs, state_dir, store) as h:
-            return dict(h.last_runs())
-    except CronpyError:
-        return {}
+            return Overview(_next_from(jobs, h.last_scheduled_many(list(jobs.jobs))), h.last_runs(), h.paused())
+    except NoHistory:
+        return Overview(_next_from(jobs, {}), {}, {})
 
 
 def describe(sched: Schedule | None) -> str | None:
@@ -589,15 +596,12 @@ def cancel(jobs: JobSet, target: str, state_dir: Path | None, store: str | None 
                 raise NothingToDo(f"no run of {target} is in progress")
         done = []
         for rec in runs:
-            if h.fenced and rec.pid is not None:
-                from cronpy.pgstore import PgStore
-
-                assert isinstance(h, PgStore)
+            if h.capabilities.supports_cancel_from_other_hosts and rec.pid is not None:
                 h.request_cancel(rec.id, datetime.now(timezone.utc))
                 if h.owner_reporting(rec.id):
                     # Its runner, on whichever host, stops it: it knows its own process group.
                     spec = jobs.jobs.get(rec.job)
-                    done.append(_await_cancel(h, rec, h.lease / 3 + (spec.kill_grace if spec else 10.0) + 2.0))
+                    done.append(_await_cancel(h, rec, (h.lease or 0.0) / 3 + (spec.kill_grace if spec else 10.0) + 2.0))
                     continue
             if rec.host != HOST:
                 done.append(f"run {rec.id} of {rec.job} runs on {rec.host}: cancel it there")
@@ -674,9 +678,11 @@ def status(file: Path | None, state_dir: Path | None, store: str | None = None) 
         except (OSError, ValueError):
             runner_info = None
     try:
-        h = open_store(None, sd, readonly=True)
-    except HistoryError:
+        h = _open_backend(None, sd, readonly=True).store
+    except NoHistory:
         return Status(sd, lock.holder() if live else None, live, runner_info, [], [], {})
+    except HistoryError as exc:
+        return Status(sd, lock.holder() if live else None, live, runner_info, [], [], {}, store_error=str(exc))
     with h:
         return Status(sd, lock.holder() if live else None, live, runner_info, h.running(),
                       h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
@@ -684,12 +690,15 @@ def status(file: Path | None, state_dir: Path | None, store: str | None = None) 
 
 
 def _fleet_status(url: str, sd: Path) -> Status:
-    from cronpy.pgstore import PgStore, redact
+    """Status from a fleet store; a store that cannot be read is reported (store_error) beside
+    this host's runner.json, and the command exits 69."""
+    from cronpy.store.postgres import redact
 
     local = _local_runner(sd)
     try:
-        with PgStore(url, readonly=True) as h:
-            holder = h.holder()
+        backend = _open_backend(url, sd, readonly=True)
+        with backend.store as h:
+            holder = backend.leadership.holder()
             return Status(sd, holder, holder is not None, local, h.running(),
                           h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
                           h.paused(), store=h.location, fleet=h.fleet())

@@ -16,7 +16,7 @@ import pytest
 
 from cronpy.clock import FakeClock
 from cronpy.config import parse_jobs
-from cronpy.history import History
+from cronpy.store.sqlite import SqliteStore as History
 from cronpy.locks import Locks
 from cronpy.models import JobSet
 from cronpy.runner import Runner
@@ -75,14 +75,14 @@ def open_store(store_kind: str, state_dir: Path, request) -> Callable[[], Store]
         if url is None:
             s: Store = History.open(state_dir)
         else:
-            from cronpy.pgstore import PgStore
+            from cronpy.store.postgres import PgStore
 
             s = pg = PgStore(url, lease=30)
             if not opened:
-                assert pg.try_acquire()
+                assert pg.leadership.try_acquire()
             else:
-                leader = opened[0]
-                pg._epoch, pg._deadline = leader._epoch, leader._deadline  # type: ignore[attr-defined]
+                leader = opened[0].leadership  # type: ignore[attr-defined]
+                pg.leadership.epoch, pg.leadership.deadline = leader.epoch, leader.deadline
         opened.append(s)
         return s
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import cronpy, wait_for
 
 from cronpy._completions import scripts
-from cronpy.history import History
+from cronpy.store.sqlite import SqliteStore as History
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

@@ -3,6 +3,7 @@ stores (SQLite in a state dir, and a real PostgreSQL server); a few SQLite-only 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from dataclasses import replace
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from cronpy.errors import RunNotFound
-from cronpy.history import History
+from cronpy.store.migrations import SQLITE as SQLITE_MIGRATIONS
+from cronpy.store.sqlite import SqliteStore as History
 from cronpy.models import RunStatus, Trigger
 
 UTC = timezone.utc
@@ -39,7 +41,7 @@ def test_a_scheduled_instant_can_be_claimed_only_once(history_db: History) -> No
 
 
 def test_a_burst_claimed_in_one_batch_gets_each_rows_own_answer(history_db) -> None:
-    from cronpy.history import NewRun
+    from cronpy.store import NewRun
 
     assert history_db.start_run("b", Trigger.SCHEDULE, T0, scheduled_for=T0) is not None
     ids = history_db.start_runs([
@@ -129,7 +131,7 @@ def test_prune_removes_only_old_finished_runs(history_db: History) -> None:
 def test_sqlite_schema_is_versioned_wal_and_intact(state_dir: Path) -> None:
     history_db = History.open(state_dir)
     db = sqlite3.connect(state_dir / "history.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert history_db.integrity_check() == "ok"
     history_db.close()
@@ -199,3 +201,198 @@ def test_last_scheduled_is_the_latest_scheduled_instant_not_a_retry_or_a_manual_
     assert h.last_scheduled("sync") == T0 + timedelta(minutes=30)
     assert h.last_scheduled_many(["sync", "other", "never"]) == {
         "sync": T0 + timedelta(minutes=30), "other": T0 + timedelta(hours=1)}
+
+
+# -- retention, ranks, cancel requests, heartbeats, recovery, batches, paging: both dialects ----
+
+
+def test_prune_forgets_the_cancel_requests_of_the_runs_it_deletes(history_db) -> None:
+    old = add(history_db, "a", RunStatus.CANCELLED, 1, T0 - timedelta(days=40))
+    keep = add(history_db, "a", RunStatus.CANCELLED, 1, T0)
+    history_db.request_cancel(old, T0 - timedelta(days=40))
+    history_db.request_cancel(keep, T0)
+    assert history_db.prune(T0 - timedelta(days=30)) == 1
+    assert not history_db.cancel_requested(old)  # an id reused later must not start cancelled
+    assert history_db.cancel_requested(keep)
+
+
+def test_prune_in_batches_removes_every_old_row_and_keeps_the_totals(history_db, monkeypatch) -> None:
+    from cronpy.store import sql
+
+    monkeypatch.setattr(sql, "PRUNE_BATCH", 7)  # many batches, and a last partial one
+    monkeypatch.setattr(sql, "PRUNE_PAUSE", 0.0)
+    for i in range(50):
+        add(history_db, "job", RunStatus.SUCCESS, float(i), T0 + timedelta(minutes=i))
+    assert history_db.prune(T0 + timedelta(minutes=45)) == 45
+    assert [r.duration for r in history_db.query(limit=None)] == [49.0, 48.0, 47.0, 46.0, 45.0]
+    (s,) = history_db.stats()
+    assert (s.runs, s.p50, s.max) == (5, 47.0, 49.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 20, 101])
+def test_stats_ranks_are_nearest_rank_on_both_dialects(history_db, n: int) -> None:
+    # Durations 1..n shuffled: the q-th percentile by nearest rank is ceil(q n / 100).
+    import math
+    import random
+
+    durations = list(range(1, n + 1))
+    random.Random(n).shuffle(durations)
+    for i, d in enumerate(durations):
+        add(history_db, "j", RunStatus.SUCCESS if i % 5 else RunStatus.FAILED, float(d), T0 + timedelta(seconds=i))
+    add(history_db, "j", RunStatus.INTERRUPTED, 1000.0, T0 + timedelta(hours=1))  # not a finished outcome
+    expected = (float(max(1, math.ceil(0.5 * n))), float(max(1, math.ceil(0.95 * n))), float(n))
+    (everything,) = history_db.stats()
+    (window,) = history_db.stats(since=T0 - timedelta(days=1))
+    assert (everything.p50, everything.p95, everything.max) == expected
+    assert (window.p50, window.p95, window.max) == expected
+
+
+def test_cancel_requests_are_per_run_and_a_repeat_is_harmless(history_db) -> None:
+    a = history_db.start_run("a", Trigger.MANUAL, T0)
+    b = history_db.start_run("a", Trigger.MANUAL, T0)
+    assert not history_db.cancel_requested(a)
+    history_db.request_cancel(a, T0)
+    history_db.request_cancel(a, T0 + timedelta(seconds=1))
+    assert history_db.cancel_requested(a) and not history_db.cancel_requested(b)
+
+
+def test_finish_runs_writes_a_batch_in_order(history_db) -> None:
+    from cronpy.models import Finish
+
+    a = history_db.start_run("a", Trigger.MANUAL, T0)
+    b = history_db.start_run("b", Trigger.MANUAL, T0)
+    history_db.finish_runs([
+        Finish(a, RunStatus.FAILED, T0 + timedelta(seconds=1), 1.0, exit_code=3, error="boom"),
+        Finish(b, RunStatus.SUCCESS, T0 + timedelta(seconds=2), 2.0, exit_code=0, output="hi\n", result={"n": 1}),
+        Finish(a, RunStatus.SUCCESS, T0 + timedelta(seconds=3), 3.0, exit_code=0),  # later in the batch wins
+    ])
+    ra, rb = history_db.get(a), history_db.get(b)
+    assert (ra.status, ra.duration, ra.exit_code) == (RunStatus.SUCCESS, 3.0, 0)
+    assert (rb.status, rb.output, rb.result, rb.finished_at) == (RunStatus.SUCCESS, "hi\n", {"n": 1},
+                                                                  T0 + timedelta(seconds=2))
+
+
+def test_query_pages_by_id_newest_first(history_db) -> None:
+    ids = [add(history_db, "a" if i % 2 else "b", RunStatus.SUCCESS, 1, T0 + timedelta(minutes=i)) for i in range(7)]
+    first = history_db.query(limit=3)
+    assert [r.id for r in first] == ids[:-4:-1]
+    second = history_db.query(limit=3, before_id=first[-1].id)
+    assert [r.id for r in second] == ids[-4:-7:-1]
+    assert [r.id for r in history_db.query("a", before_id=ids[5])] == [ids[3], ids[1]]
+    assert history_db.query(before_id=ids[0]) == []
+
+
+def test_heartbeats_are_kept_only_by_a_store_shared_across_hosts(history_db) -> None:
+    history_db.register_runner("trigger")
+    fleet = history_db.fleet()
+    if history_db.capabilities.shared_across_hosts:
+        assert fleet is not None and [(p["pid"], p["role"]) for p in fleet] == [(os.getpid(), "leader")]
+    else:
+        assert fleet is None
+
+
+def test_recovery_marks_another_hosts_silent_runner_only_on_a_shared_store(history_db) -> None:
+    from cronpy.store import HOST
+
+    ours = history_db.start_run("a", Trigger.MANUAL, T0)
+    # A run of a runner on another host, with no heartbeat at all.
+    with history_db._tx() as tx:
+        tx.run("UPDATE runs SET host = ?, runner_pid = ? WHERE id = ?", ("ghost-host", 4242, ours))
+    mine = history_db.start_run("a", Trigger.MANUAL, T0)
+    marked = history_db.mark_dead_runs(lambda pid: True, T0 + timedelta(seconds=5))
+    shared = history_db.capabilities.shared_across_hosts
+    assert [r.id for r in marked] == ([ours] if shared else [])
+    gone = history_db.get(ours)
+    assert gone.status is (RunStatus.INTERRUPTED if shared else RunStatus.RUNNING)
+    if shared:
+        assert gone.duration == 5.0 and "ghost-host" in (gone.error or "") and gone.host != HOST
+    assert history_db.get(mine).status is RunStatus.RUNNING
+
+
+# -- migrations: today's databases upgrade; a newer one is refused, untouched ---------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _fixture_checks(h) -> None:
+    backup = h.query("backup", limit=None, with_output=True)
+    assert [r.duration for r in backup] == [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    assert [r.output for r in backup][-1] == "line 0" and backup[3].result == {"n": 2}
+    assert h.paused().keys() == {"report"}
+    (report,) = h.query("report")
+    assert h.cancel_requested(report.id) and report.status is RunStatus.TIMEOUT
+    b, r = h.stats()
+    assert (b.runs, b.failures, b.p50, b.max, r.timeouts) == (6, 2, 3.0, 6.0, 1)
+    # The upgraded database takes claims, with its claim index intact.
+    t = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert h.start_run("backup", Trigger.SCHEDULE, t, scheduled_for=t) is None
+    assert h.start_run("backup", Trigger.SCHEDULE, T0 + timedelta(days=1), scheduled_for=T0 + timedelta(days=1))
+
+
+def test_a_sqlite_history_of_the_previous_release_is_upgraded(state_dir: Path) -> None:
+    import shutil
+
+    shutil.copy(FIXTURES / "history-v3.db", state_dir / "history.db")
+    with History.open(state_dir) as h:
+        _fixture_checks(h)
+    db = sqlite3.connect(state_dir / "history.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(SQLITE_MIGRATIONS) > 3
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs_running_host'").fetchone()[0] == 1
+
+
+def test_a_sqlite_history_from_a_newer_cronpy_is_refused_and_left_untouched(state_dir: Path) -> None:
+    import hashlib
+    import shutil
+
+    from cronpy.errors import StoreTooNew
+
+    path = state_dir / "history.db"
+    shutil.copy(FIXTURES / "history-v3.db", path)
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(SQLITE_MIGRATIONS) + 1}")
+    db.close()
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    for readonly in (False, True):
+        with pytest.raises(StoreTooNew, match=r"schema version \d+ is newer than this cronpy knows.*nothing was"):
+            History.open(state_dir, readonly=readonly)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def _load_pg_fixture(pg_server, url: str) -> None:
+    import subprocess
+
+    db = url.rsplit("/", 1)[1]
+    subprocess.run([str(pg_server.bindir / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+                    str(pg_server.port), "-U", "cronpy", "-d", db, "-f", str(FIXTURES / "pgstore-v2.sql")],
+                   check=True, capture_output=True)
+
+
+def test_a_postgres_store_of_the_previous_release_is_upgraded(pg_server, pg_url) -> None:
+    from cronpy.store.migrations import POSTGRES
+    from cronpy.store.postgres import PgStore
+
+    _load_pg_fixture(pg_server, pg_url)
+    with PgStore(pg_url, lease=30) as h:
+        assert h.leadership.try_acquire()
+        _fixture_checks(h)
+        assert h._one("SELECT max(version) FROM schema_version") == len(POSTGRES) > 2
+        assert h._one("SELECT to_regclass('cronpy.runs_running_host') IS NOT NULL")
+
+
+def test_a_postgres_store_from_a_newer_cronpy_is_refused_and_left_untouched(pg_server, pg_url) -> None:
+    import psycopg
+
+    from cronpy.errors import StoreTooNew
+    from cronpy.store.migrations import POSTGRES
+    from cronpy.store.postgres import PgStore
+
+    _load_pg_fixture(pg_server, pg_url)
+    newer = len(POSTGRES) + 1
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO cronpy.schema_version (version) VALUES (%s)", (newer,))
+    for readonly in (False, True):
+        with pytest.raises(StoreTooNew, match=r"schema version \d+ is newer than this cronpy knows"):
+            PgStore(pg_url, readonly=readonly)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version), count(*) FROM cronpy.schema_version").fetchone() == (newer, 3)
+        assert conn.execute("SELECT to_regclass('cronpy.runs_running_host')").fetchone() == (None,)

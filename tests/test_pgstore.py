@@ -19,7 +19,7 @@ from conftest import cronpy, jobset, wait_for
 from cronpy.clock import FakeClock
 from cronpy.errors import LockHeld, NotLeader
 from cronpy.models import RunStatus, Trigger
-from cronpy.pgstore import PgStore, redact
+from cronpy.store.postgres import PgStore, redact
 from cronpy.runner import Runner
 
 UTC = timezone.utc
@@ -43,37 +43,35 @@ def hosts(pg_url: str):
 
 def stop_renewing(store: PgStore) -> None:
     """What a SIGSTOPped, frozen or partitioned host looks like from the database."""
-    store._stop.set()
-    if store._keeper is not None:
-        store._keeper.join(5)
+    store.coord.stop_keeper()
 
 
 def test_a_standby_takes_the_lease_only_once_it_has_expired_and_with_a_new_epoch(hosts) -> None:
     a, b = hosts(), hosts()
-    assert a.try_acquire()
-    first = a.epoch
-    assert not b.try_acquire()
-    holder = b.holder()
+    assert a.leadership.try_acquire()
+    first = a.leadership.epoch
+    assert not b.leadership.try_acquire()
+    holder = b.leadership.holder()
     assert holder is not None and (holder.pid, holder.epoch) == (os.getpid(), first)
     # a renews every third of its 1 s lease: b stays a standby for several lease lengths.
-    assert not wait_for(b.try_acquire, timeout=2.5, interval=0.1)
-    assert a.valid()
+    assert not wait_for(b.leadership.try_acquire, timeout=2.5, interval=0.1)
+    assert a.leadership.valid()
     stop_renewing(a)
-    assert wait_for(b.try_acquire, timeout=5)
-    assert b.epoch == first + 1  # type: ignore[operator]
-    assert wait_for(lambda: not a.valid(), timeout=2)
+    assert wait_for(b.leadership.try_acquire, timeout=5)
+    assert b.leadership.epoch == first + 1  # type: ignore[operator]
+    assert wait_for(lambda: not a.leadership.valid(), timeout=2)
 
 
 def test_the_database_refuses_a_claim_from_a_stale_epoch_whatever_the_client_believes(hosts, pg_url) -> None:
     a, b = hosts(), hosts()
-    assert a.try_acquire()
-    stale = a.epoch
+    assert a.leadership.try_acquire()
+    stale = a.leadership.epoch
     assert a.start_run("billing", Trigger.SCHEDULE, T0, scheduled_for=T0) is not None
     stop_renewing(a)
-    assert wait_for(b.try_acquire, timeout=5)
+    assert wait_for(b.leadership.try_acquire, timeout=5)
     nxt = T0 + timedelta(minutes=1)
     # a wakes up still holding its old epoch (as after SIGCONT): the claim is refused...
-    a._deadline = float("inf")  # its own clock says it still leads; the database decides
+    a.leadership.deadline = float("inf")  # its own clock says it still leads; the database decides
     with pytest.raises(NotLeader, match="does not hold the leader lease"):
         a.start_run("billing", Trigger.SCHEDULE, nxt, scheduled_for=nxt)
     # ...even written by hand, outside cronpy: the fence is a trigger in the database.
@@ -89,35 +87,35 @@ def test_the_database_refuses_a_claim_from_a_stale_epoch_whatever_the_client_bel
 
 def test_a_released_lease_is_taken_over_at_once(hosts) -> None:
     a, b = hosts(lease=30), hosts(lease=30)
-    assert a.try_acquire()
-    assert not b.try_acquire()
-    a.release()
-    assert b.try_acquire()  # not 30 s later
+    assert a.leadership.try_acquire()
+    assert not b.leadership.try_acquire()
+    a.leadership.release()
+    assert b.leadership.try_acquire()  # not 30 s later
 
 
 def test_job_locks_are_shared_by_every_host_name_their_holder_and_expire_with_it(hosts) -> None:
     a, b = hosts(), hosts()
-    a.job("backup").acquire(run_id=7)
+    a.locks.job("backup").acquire(run_id=7)
     with pytest.raises(LockHeld, match=r"job 'backup' is already running elsewhere \(held by pid \d+ on .*, run 7\)"):
-        b.job("backup").acquire()
-    a.job("backup").release()
-    b.job("backup").acquire()
-    assert b.job("backup").held
+        b.locks.job("backup").acquire()
+    a.locks.job("backup").release()
+    b.locks.job("backup").acquire()
+    assert b.locks.job("backup").held
     # b holds it and keeps renewing past its 1 s expiry...
     with pytest.raises(LockHeld):
-        a.job("backup").acquire(wait=2.0)
+        a.locks.job("backup").acquire(wait=2.0)
     # ...until it stops (a dead host): the row expires and another host gets the lock.
     stop_renewing(b)
-    a.job("backup").acquire(wait=5.0)
-    assert a.job("backup").held
+    a.locks.job("backup").acquire(wait=5.0)
+    assert a.locks.job("backup").held
 
 
 def test_a_runner_whose_claim_is_refused_steps_down_and_runs_nothing(hosts, tmp_path: Path) -> None:
     jobs = jobset("jobs:\n  tick: {schedule: '* * * * *', command: 'true'}\n", base_dir=tmp_path)
     a, b = hosts(), hosts()
-    assert a.try_acquire()
+    assert a.leadership.try_acquire()
     clock = FakeClock(T0 + timedelta(seconds=30))
-    runner = Runner(jobs, a, a, clock)
+    runner = Runner(jobs, a, a.locks, clock)
     runner.start(clock.now())
     when = runner.next_wakeup()
     assert when == T0 + timedelta(minutes=1)
@@ -126,7 +124,7 @@ def test_a_runner_whose_claim_is_refused_steps_down_and_runs_nothing(hosts, tmp_
     assert runner.wait_idle(10)
     # a pauses past its lease; b takes over.
     stop_renewing(a)
-    assert wait_for(b.try_acquire, timeout=5)
+    assert wait_for(b.leadership.try_acquire, timeout=5)
     nxt = runner.next_wakeup()
     assert nxt is not None
     clock.set(nxt)
@@ -142,11 +140,11 @@ def test_trigger_on_another_host_respects_the_job_lock_and_records_in_the_fleet_
     holder = hosts(lease=30)
     path = jobs_file("jobs:\n  backup: {command: 'echo dumped'}\n")
     store = ["--store", holder.url]
-    holder.job("backup").acquire(run_id=41)
+    holder.locks.job("backup").acquire(run_id=41)
     refused = cronpy("trigger", "backup", "-f", str(path), *store)
     assert refused.returncode == 75
     assert "job 'backup' is already running elsewhere (held by pid" in refused.stderr and "run 41" in refused.stderr
-    holder.job("backup").release()
+    holder.locks.job("backup").release()
     done = cronpy("trigger", "backup", "-f", str(path), *store)
     assert done.returncode == 0, done.stderr
     assert "dumped" in done.stdout
@@ -175,9 +173,9 @@ def test_cancel_from_any_host_is_carried_out_by_the_runs_own_runner(hosts, tmp_p
     path = tmp_path / "jobs.yaml"
     path.write_text("jobs:\n  long: {schedule: '* * * * *', command: 'sleep 30'}\n")
     owner = hosts(lease=1)
-    assert owner.try_acquire()
-    runner = Runner(jobset(path.read_text(), base_dir=tmp_path), owner, owner, FakeClock(T0 + timedelta(seconds=30)))
-    owner.on_cancel = runner.cancel_run
+    assert owner.leadership.try_acquire()
+    runner = Runner(jobset(path.read_text(), base_dir=tmp_path), owner, owner.locks, FakeClock(T0 + timedelta(seconds=30)))
+    owner.watch(on_cancel=runner.cancel_run)
     runner.start(runner.clock.now())
     when = runner.next_wakeup()
     assert when is not None

@@ -19,7 +19,7 @@ import pytest
 from conftest import Harness, jobset, pid_gone, stop, wait_for
 
 from cronpy.errors import HistoryError
-from cronpy.history import History
+from cronpy.store.sqlite import SqliteStore as History
 from cronpy.models import RunStatus, Trigger
 
 pytestmark = pytest.mark.slow

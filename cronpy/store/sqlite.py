@@ -1,0 +1,178 @@
+"""The SQLite store: STATE_DIR/history.db, one host (the scheduler's flock makes one runner
+the only one that claims, so claims need no fencing).
+
+What differs from PostgreSQL: the connection (WAL, synchronous=FULL, busy_timeout, BEGIN
+IMMEDIATE), times as UTC epoch seconds, PRAGMA user_version for migrations, and `stats` over
+all of history read from the trigger-kept job_totals table.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from cronpy.errors import NoHistory, StoreTooNew, StoreUnavailable
+from cronpy.store.migrations import SQLITE as MIGRATIONS
+from cronpy.store.retry import GaveUp, RetryPolicy
+from cronpy.store.sql import SqlStore
+
+UTC = timezone.utc
+# busy_timeout: a writer waits this long for another's transaction (a prune batch, another
+# runner's claim) before the write fails.
+BUSY_SECONDS = 10.0
+# Switching a new file to WAL needs an exclusive lock and SQLite does not call the busy handler
+# for it: runners starting together on a fresh state dir retry for as long as busy_timeout.
+_WAL_RETRY = RetryPolicy(first=0.005, cap=0.1)
+
+
+class _Cursor:
+    """Tx over a sqlite3 connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, params)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a `;` inside a trigger body does not end one."""
+    out, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                out.append(current.strip())
+            current = ""
+    return out
+
+
+class SqliteStore(SqlStore):
+    """A connection to STATE_DIR/history.db, safe to share between the runner's threads."""
+
+    _indexed_by = staticmethod(lambda name: f"INDEXED BY {name}")
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.location = str(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._prune_db: sqlite3.Connection | None = None
+        if readonly and not path.exists():
+            raise NoHistory(str(path), "no history yet (nothing has run with this state dir)")
+        try:
+            self._db = self._connect()
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                self._db.close()
+                raise StoreTooNew(str(path), f"schema version {version} is newer than this cronpy knows"
+                                  f" ({len(MIGRATIONS)}): a newer cronpy wrote it; nothing was changed")
+            if not readonly:
+                self._setup()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(path), str(exc)) from None
+
+    @classmethod
+    def open(cls, state_dir: Path, *, readonly: bool = False) -> "SqliteStore":
+        """Open (creating and migrating unless `readonly`) the history of a state dir."""
+        return cls(state_dir / "history.db", readonly=readonly)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                 isolation_level=None, timeout=BUSY_SECONDS)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_SECONDS)
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+        # synchronous=FULL: a claimed instant is on disk before its job starts, so a power cut
+        # cannot make it run twice.
+        db.execute("PRAGMA synchronous = FULL")
+        return db
+
+    def _setup(self) -> None:
+        def wal() -> None:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")  # readers never block the runner
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc):
+                    raise StoreUnavailable(self.location, str(exc)) from None
+                raise
+
+        deadline = time.monotonic() + BUSY_SECONDS
+        try:
+            _WAL_RETRY.call(wal, retry_on=(StoreUnavailable,), deadline=lambda: deadline)
+        except GaveUp as exc:
+            raise exc.last from None
+        with self._tx() as tx:
+            version = tx.run("PRAGMA user_version").fetchone()[0]
+            for i, (_name, script) in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    tx.run(statement)
+                tx.run(f"PRAGMA user_version = {i}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            if self._prune_db is not None:
+                self._prune_db.close()
+
+    @contextmanager
+    def _begin(self, db: sqlite3.Connection) -> Iterator[_Cursor]:
+        # BEGIN IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
+        # instead of one failing with "database is locked" when it upgrades a read lock.
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Cursor(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(self.location, str(exc)) from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Cursor]:
+        with self._lock, self._begin(self._db) as cur:
+            yield cur
+
+    @contextmanager
+    def _prune_tx(self) -> Iterator[_Cursor]:
+        # A connection of its own: a batch never waits behind the runner's connection lock, and
+        # the runner's writes wait at most one batch (busy_timeout) for the file's write lock.
+        if self._prune_db is None:
+            try:
+                self._prune_db = self._connect()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(self.location, str(exc)) from None
+        with self._begin(self._prune_db) as cur:
+            yield cur
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(self.location, str(exc)) from None
+
+    def _to_db(self, dt: datetime | None) -> float | None:
+        return dt.timestamp() if dt is not None else None
+
+    def _from_db(self, value: Any) -> datetime | None:
+        return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+    def _totals(self, job: str | None, since: datetime | None) -> list[tuple[str, str, int, float, int]]:
+        if since is not None:
+            return super()._totals(job, since)
+        # All of history: the totals the triggers keep, one row per (job, status): O(jobs).
+        return self._read("SELECT job, status, runs, duration_sum, last_id FROM job_totals WHERE runs > 0"
+                          + (" AND job = ?" if job else ""), [job] if job else [])
+
+    def integrity_check(self) -> str:
+        return str(self._read("PRAGMA integrity_check")[0][0])
