@@ -681,9 +681,7 @@ def status(file: Path | None, state_dir: Path | None, store: str | None = None) 
         h = _open_backend(None, sd, readonly=True).store
     except NoHistory:
         return Status(sd, lock.holder() if live else None, live, runner_info, [], [], {})
-    except HistoryError as exc:
-        return Status(sd, lock.holder() if live else None, live, runner_info, [], [], {}, store_error=str(exc))
-    with h:
+    with h:  # a history that cannot be read raises StoreUnavailable: exit 69, no empty answer
         return Status(sd, lock.holder() if live else None, live, runner_info, h.running(),
                       h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
                       h.paused())

@@ -220,6 +220,8 @@ def test_prune_in_batches_removes_every_old_row_and_keeps_the_totals(history_db,
     from cronpy.store import sql
 
     monkeypatch.setattr(sql, "PRUNE_BATCH", 7)  # many batches, and a last partial one
+    monkeypatch.setattr(sql, "PRUNE_MIN_BATCH", 3)
+    monkeypatch.setattr(sql, "PRUNE_MAX_BATCH", 9)
     monkeypatch.setattr(sql, "PRUNE_PAUSE", 0.0)
     for i in range(50):
         add(history_db, "job", RunStatus.SUCCESS, float(i), T0 + timedelta(minutes=i))

@@ -40,11 +40,16 @@ _INSERT_COLUMNS = ("job, status, trigger, attempt, scheduled_for, started_at, fi
 
 #: The quantiles `stats` reports, in percent: p50, p95 and max.
 QUANTILES = (50, 95, 100)
-#: Rows a prune deletes per transaction: ~2-4 ms of writer time on SQLite with its indexes and
-#: totals triggers (measured on this 2-core machine), so a claim never waits longer.
-PRUNE_BATCH = 500
-#: Pause between prune batches, seconds: the runner's writer gets the lock between them.
-PRUNE_PAUSE = 0.01
+#: A prune deletes in batches sized to hold the writer about PRUNE_TARGET seconds each: on this
+#: 2-core machine a 500-row batch took 12-20 ms on SQLite (six indexes and the totals
+#: trigger), so batches start at 200 rows and halve or double (PRUNE_BATCH .. PRUNE_MAX_BATCH)
+#: to stay near the target. Between batches it pauses as long as the batch took (at least
+#: PRUNE_PAUSE), so the runner's writes wait at most one batch for the lock.
+PRUNE_TARGET = 0.004
+PRUNE_BATCH = 200
+PRUNE_MIN_BATCH = 20
+PRUNE_MAX_BATCH = 5000
+PRUNE_PAUSE = 0.002
 
 
 def rank(n: int, q: int) -> int:
@@ -237,16 +242,22 @@ class SqlStore:
             tx.run("UPDATE runs SET error = coalesce(error || ?, '') || ? WHERE id = ?", ("\n", note, run_id))
 
     def prune(self, before: datetime) -> int:
-        removed = 0
+        removed, batch = 0, PRUNE_BATCH
         cutoff = self._to_db(before)
         while True:
+            began = time.monotonic()
             with self._prune_tx() as tx:
                 n = tx.run("DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE started_at < ?"
-                           " AND status <> 'running' ORDER BY started_at LIMIT ?)", (cutoff, PRUNE_BATCH)).rowcount
+                           " AND status <> 'running' ORDER BY started_at LIMIT ?)", (cutoff, batch)).rowcount
+            took = time.monotonic() - began
             removed += n
-            if n < PRUNE_BATCH:
+            if n < batch:
                 break
-            time.sleep(PRUNE_PAUSE)
+            if took > PRUNE_TARGET * 1.5:
+                batch = max(PRUNE_MIN_BATCH, batch // 2)
+            elif took < PRUNE_TARGET / 2:
+                batch = min(PRUNE_MAX_BATCH, batch * 2)
+            time.sleep(max(PRUNE_PAUSE, took))
         with self._prune_tx() as tx:
             tx.run("DELETE FROM cancel_requests WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = run_id)")
             self._prune_more(tx, cutoff)

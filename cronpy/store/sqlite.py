@@ -149,6 +149,9 @@ class SqliteStore(SqlStore):
         if self._prune_db is None:
             try:
                 self._prune_db = self._connect()
+                # No fsync per batch (WAL syncs at checkpoints): an fsync is 5-10 ms here, longer
+                # than the batch, and a prune lost to a power cut is simply done again.
+                self._prune_db.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(self.location, str(exc)) from None
         with self._begin(self._prune_db) as cur:
