@@ -426,6 +426,10 @@ def resolve_identity(user: str | None, group: str | None) -> Identity | None:
     return Identity(pw.pw_name, pw.pw_uid, gid, groups, pw.pw_dir or "/")
 
 
+# What the executor itself sets for every attempt: all that passes from the runner's side into a
+# `user:` job's clean environment (a CRONPY_* variable of the runner's own environment does not).
+_OWN_VARIABLES = frozenset({"CRONPY_JOB", "CRONPY_ATTEMPT", "CRONPY_RUN_ID", "CRONPY_ENTRY", "PYTHONUNBUFFERED"})
+
 # cron(8) gives a job of /etc/crontab this environment (plus the crontab's own variables);
 # PATH as Debian's cron sets it.
 LOGIN_PATH = "/usr/bin:/bin"
@@ -445,7 +449,7 @@ def spawn_settings(spec: JobSpec, argv: list[str], env: dict[str, str]) -> Spawn
         clean = {"HOME": identity.home, "LOGNAME": identity.name, "USER": identity.name,
                  "SHELL": spec.shell or "/bin/sh", "PATH": LOGIN_PATH}
         clean.update(spec.env)
-        clean.update({k: v for k, v in env.items() if k.startswith("CRONPY_") or k == "PYTHONUNBUFFERED"})
+        clean.update({k: v for k, v in env.items() if k in _OWN_VARIABLES})
         env = clean
         if cwd is None:
             cwd = identity.home if os.path.isdir(identity.home) else "/"

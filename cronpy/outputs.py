@@ -45,7 +45,13 @@ def run_paths(state_dir: Path, job: str, run_id: int) -> tuple[Path, Path]:
 
 
 def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """STATE_DIR/output/<job>, both levels 0700 (mkdir's `parents` would give `output` the umask's mode)."""
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    for d in (path.parent, path):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
 
 
 class RunOutput:
