@@ -403,7 +403,7 @@ def import_crontab(
     """Translate crontabs into a jobs file: one job per line, the line as its description.
 
     Whatever cannot be translated exactly is listed on stderr with its line, and the exit status
-    is 1 (nothing is written) unless --best-effort.
+    is 2 (nothing is written) unless --best-effort.
 
     Example: crontab -l | cronpy import-crontab - -o jobs.yaml
     """
@@ -418,7 +418,7 @@ def import_crontab(
         if problems and not best_effort:
             _note(f"{len(problems)} line(s) cannot be translated exactly; nothing written (--best-effort writes "
                   "the rest)")
-            return 1
+            return 2  # bad input, as for a jobs file (EXIT_USAGE)
         if output is None:
             sys.stdout.write(text)
         else:

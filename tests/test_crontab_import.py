@@ -163,7 +163,7 @@ def test_untranslatable_lines_are_named_and_fail_the_import_unless_best_effort(t
     src.write_text("0 0 * * 1 echo fine\n0 0 L * * echo last\n0 0 * * fri-sun echo backwards\n"
                    "5/10 * * * * echo ambiguous\n@every5m echo nope\nRANDOM_DELAY=10\n1 2 3\n")
     strict = cronpy("import-crontab", str(src), "--tz", "UTC")
-    assert strict.returncode == 1 and strict.stdout == ""
+    assert strict.returncode == 2 and strict.stdout == ""
     for n in (2, 3, 4, 5, 6, 7):
         assert f"{src}:{n}: " in strict.stderr
     assert f"{src}:1:" not in strict.stderr
