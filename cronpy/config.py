@@ -620,12 +620,12 @@ def get_job(jobs: JobSet, name: str) -> JobSpec:
         raise UsageError(f"no job named {name!r} in {jobs.source or 'the jobs file'}{hint}") from None
 
 
-def check_runnable(jobs: JobSet, *, euid: int | None = None) -> None:
+def check_runnable(jobs: JobSet, *, euid: int | None = None, only: str | None = None) -> None:
     """What only the host running the jobs can tell: `user:`/`group:` exist and the runner may
     switch to them (it must be root, as cron is), and `notify:` has Apprise installed.
 
-    `cronpy validate` does not call this (a file for a server validates on a laptop); `run` and
-    `trigger` do before anything starts. Raises ConfigError naming file:line:key.
+    `cronpy validate` does not call this (a file for a server validates on a laptop); `run` does
+    before anything starts, `trigger` for its job (`only`). Raises ConfigError naming file:line:key.
     """
     import grp
     import pwd
@@ -635,6 +635,8 @@ def check_runnable(jobs: JobSet, *, euid: int | None = None) -> None:
     problems: list[Problem] = []
     apprise_missing: str | None = None
     for spec in jobs.jobs.values():
+        if only is not None and spec.name != only:
+            continue
         for key, value, lookup in (("user", spec.user, pwd.getpwnam), ("group", spec.group, grp.getgrnam)):
             if value is None:
                 continue
