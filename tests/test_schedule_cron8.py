@@ -239,3 +239,35 @@ def test_jitter_not_shorter_than_the_period_is_refused() -> None:
 ])
 def test_a_change_that_keeps_the_offset_is_no_transition(expr: str, expected: list[str]) -> None:
     assert times(expr, "America/Nuuk", "2023-10-28T12:00:00", len(expected)) == expected
+
+
+# The README's other promises about the parser.
+def test_hashed_ranges_and_steps_stay_inside_their_range() -> None:
+    f = compile_cron("H(0-29)/10 H(9-17) H * *", "backup")
+    assert len(f.minutes) == 3 and f.minutes[0] < 10 and all(m < 30 for m in f.minutes)
+    assert 9 <= f.hours[0] <= 17
+    assert all(1 <= d <= 28 for d in f.doms) and len(f.doms) == 1  # every month has it
+
+
+def test_a_seconds_field_does_not_make_a_job_wildcard() -> None:
+    # London springs forward 2026-03-29 at 01:00 GMT: the six 01:30:x0 times run once, at the change.
+    assert times("*/10 30 1 * * *", "Europe/London", "2026-03-29T00:00:00", 2) == [
+        "2026-03-29T02:00:00+01:00", "2026-03-30T01:30:00+01:00"]
+
+
+@pytest.mark.parametrize("expr,message", [
+    ("0 0 * * L", "day-of-week field 'L': `L` needs a weekday here"),
+    ("0 0 * * 5#6", "day-of-week field '5#6': #6: a weekday occurs 1 to 5 times a month"),
+    ("0 0 32W * *", "day-of-month field '32W': 32 is out of range 1-31"),
+    ("*/0 * * * *", "minute field '*/0': a step must be at least 1"),
+    ("0 0 * FOO *", "month field 'FOO': 'FOO' is not a number or a name"),
+    ("0 0 1,,2 * *", "day-of-month field '1,,2': an empty list item"),
+    ("0 0 ? * ?", None),
+])
+def test_each_field_error_names_its_field(expr: str, message: str | None) -> None:
+    if message is None:
+        parse_schedule(expr)  # `?` is `*` in either day field
+        return
+    with pytest.raises(ValueError) as info:
+        parse_schedule(expr)
+    assert message in str(info.value)
