@@ -410,11 +410,11 @@ def _instants(naive: datetime, tz: ZoneInfo) -> list[datetime]:
     is wrong where a change keeps the offset (America/Nuuk, 2023-10-28, -02 to -02).
     """
     p = naive.replace(tzinfo=UTC)
+    first, second = naive.replace(tzinfo=tz, fold=0).utcoffset(), naive.replace(tzinfo=tz, fold=1).utcoffset()
+    if first == second:  # zoneinfo sees no change here (it flags every real one by PEP 495's fold)
+        return [p - first]  # type: ignore[operator]
     day = timedelta(days=1)
-    offsets = {(p - day).astimezone(tz).utcoffset(), (p + day).astimezone(tz).utcoffset(),
-               naive.replace(tzinfo=tz, fold=0).utcoffset(), naive.replace(tzinfo=tz, fold=1).utcoffset()}
-    if len(offsets) == 1:
-        return [p - offsets.pop()]  # type: ignore[operator]
+    offsets = {(p - day).astimezone(tz).utcoffset(), (p + day).astimezone(tz).utcoffset(), first, second}
     found = {u for o in offsets if (u := p - o).astimezone(tz).replace(tzinfo=None) == naive}  # type: ignore[operator]
     return sorted(found)
 
@@ -459,7 +459,7 @@ def cron_next(f: CronFields, tz: ZoneInfo, after: datetime) -> datetime | None:
     local = after.astimezone(tz).replace(tzinfo=None)
     cursor = local
     try:
-        if f.wildcard:
+        if f.wildcard and after.astimezone(tz).replace(fold=1).utcoffset() != after.astimezone(tz).utcoffset():
             here = _instants(local.replace(microsecond=0), tz)
             if len(here) == 2 and after < here[1]:
                 # `after` is in the first pass of a repeated hour: times before it in that hour
@@ -481,6 +481,8 @@ def cron_next(f: CronFields, tz: ZoneInfo, after: datetime) -> datetime | None:
             for u in instants:
                 if u > after and (best is None or u < best):
                     best = u
+            if best is not None and best <= instants[0]:
+                break  # later wall-clock times have no instant earlier than this one's first
         return best
     except OverflowError:  # at the edge of year 1 or 9999
         return None
