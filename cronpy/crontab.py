@@ -169,7 +169,7 @@ def translate_expr(fields: list[str]) -> tuple[str, list[str]]:
     listed = [_as_list(sets[i], i, fields[i].startswith("*")) for i in range(5)]
     candidates = [
         canonical,
-        listed[:2] + canonical[2:],  # steps in minute/hour spelled out: cronpy may call them wildcard
+        listed[:2] + canonical[2:],  # steps in minute/hour spelled out, should cronpy's DST class differ
         listed,
     ]
     for cand in candidates:
@@ -180,7 +180,8 @@ def translate_expr(fields: list[str]) -> tuple[str, list[str]]:
             continue
         if (set(got.minutes) == sets[0] and set(got.hours) == sets[1] and set(got.doms) == sets[2]
                 and not got.last_dom and set(got.months) == sets[3] and set(got.dows) == sets[4]
-                and not got.nth and got.dom_star == dom_star and got.dow_star == dow_star
+                and not got.nth and not got.last_weekday and not got.nearest_weekday and not got.last_dows
+                and got.dom_star == dom_star and got.dow_star == dow_star
                 and got.wildcard == wildcard):
             return expr, notes
     notes.append("cronpy cannot express this schedule exactly")
