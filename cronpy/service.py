@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Callable
 
 from cronpy.clock import Clock, SystemClock
-from cronpy.config import get_job, load_jobs
+from cronpy.config import check_runnable, get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
 from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, NoHistory,
                            StoreUnreachable)
@@ -29,7 +29,8 @@ from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
-from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
+from cronpy import outputs
+from cronpy.models import DEFAULT_OUTPUT_MAX, At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
 from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
 from cronpy.store import HOST, JobLocks, Leadership, Store, open_backend as _open_backend
@@ -99,10 +100,10 @@ PRUNE_EVERY = 3600.0
 
 
 def _maintain(history: Store, runner: Runner, leadership: Leadership, retention: float | None,
-              stop: threading.Event, clock: Clock) -> None:
-    """Off the scheduling thread: prune hourly (in small batches, see Store.prune); on a store
-    shared across hosts, also mark the runs of runners that stopped reporting `interrupted`
-    every lease while leading, not only at takeover."""
+              stop: threading.Event, clock: Clock, sd: Path) -> None:
+    """Off the scheduling thread: prune the history (in small batches, see Store.prune) and
+    kept output files hourly; on a store shared across hosts, also mark the runs of runners
+    that stopped reporting `interrupted` every lease while leading, not only at takeover."""
     next_prune = 0.0
     every = history.lease if history.capabilities.shared_across_hosts and history.lease else PRUNE_EVERY
     while not stop.is_set():
@@ -112,11 +113,22 @@ def _maintain(history: Store, runner: Runner, leadership: Leadership, retention:
                 removed = history.prune(clock.now() - timedelta(seconds=retention))
                 if removed:
                     log.info("history: pruned %d run(s) older than the retention", removed)
+                _prune_outputs(runner.jobs, sd, clock.now().timestamp() - retention)
             if history.capabilities.shared_across_hosts and leadership.valid():
                 _recover(history, runner.jobs, clock.now())
         except Exception as exc:  # never let maintenance take the runner down
             log.error("history: maintenance failed: %s", exc)
         stop.wait(every)
+
+
+def _prune_outputs(jobs: JobSet, sd: Path, older_than: float) -> None:
+    try:
+        caps = {name: spec.output_max for name, spec in jobs.jobs.items()}
+        removed = outputs.prune(sd, older_than, caps, DEFAULT_OUTPUT_MAX)
+        if removed:
+            log.info("output: pruned %d kept output file(s) (retention, output_max)", removed)
+    except Exception as exc:
+        log.error("output: pruning failed: %s", exc)
 
 
 class _Reloader:
@@ -250,14 +262,18 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     setup_logging(verbose)
     clock = clock or SystemClock()
     jobs = load_jobs(jobs_file, now=clock.now())  # nothing starts unless the whole file is valid
+    check_runnable(jobs)  # user:/group: need root, notify: needs Apprise: refuse before starting
+    for warning in jobs.warnings:
+        log.warning("%s", warning)
     _fd_budget(jobs)
     backend = _open_when_reachable(jobs, state_dir, store)
     if backend is None:  # stopped while the store was unreachable
         return 0
     history, locks, leadership, sd = backend
     history.register_runner("standby")
-    integrations = Integrations()
-    runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations])
+    integrations = Integrations(previous=_previous_status(history))
+    runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations], state_dir=sd,
+                    boot=outputs.BootMarks(sd))
     history.watch(on_lost=runner.wake.set, on_cancel=runner.cancel_run)
     metrics = None
     if metrics_port is not None:
@@ -296,7 +312,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                 watchdog = True
                 if jobs.history_retention or history.capabilities.shared_across_hosts:
                     threading.Thread(target=_maintain, args=(history, runner, leadership, jobs.history_retention,
-                                                             stop_maintaining, clock),
+                                                             stop_maintaining, clock, sd),
                                      daemon=True, name="maintain").start()
 
             def on_wake() -> None:
@@ -384,13 +400,14 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     """
     setup_logging()
     get_job(jobs, name)
-    history, locks, _, _ = open_backend(jobs, state_dir, store)
+    check_runnable(jobs, only=None if chain else name)  # a chain may run any job of the file
+    history, locks, _, sd = open_backend(jobs, state_dir, store)
     with history:
         history.register_runner("trigger")
         live = _LiveTrigger(name) if sys.stdout.isatty() else None
-        integrations = Integrations()
+        integrations = Integrations(previous=_previous_status(history))
         runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
-                        observers=[integrations], chains=chain)
+                        observers=[integrations], chains=chain, state_dir=sd)
         history.watch(on_cancel=runner.cancel_run)
         _install_signals(lambda urgent: runner.request_stop(now=True))
         try:
@@ -418,6 +435,17 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     if rec.exit_code is not None and rec.exit_code > 0:
         return rec.exit_code
     return 1
+
+
+def _previous_status(history: Store) -> Callable[[str, int], RunStatus | None]:
+    """How a job's last finished run before run `run_id` ended (for `notify: recovery`)."""
+    def previous(job: str, run_id: int) -> RunStatus | None:
+        for rec in history.query(job, limit=20, before_id=run_id):  # keyset: only earlier runs
+            if rec.id < run_id and rec.status.finished and rec.status is not RunStatus.SKIPPED:
+                return rec.status
+        return None
+
+    return previous
 
 
 def _raw_line(job: str, line: str) -> None:
@@ -538,7 +566,9 @@ def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[
     return _next(spec, start, count)
 
 
-def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
+def next_for_expr(expr: str, tz: str, start: datetime, count: int,
+                  name: str = "expr") -> tuple[list[datetime], str | None]:
+    """`cronpy next --expr`: `name` is the job name `H` fields hash, as in a jobs file."""
     from cronpy.errors import UsageError
     from cronpy.schedule import zone
 
@@ -547,7 +577,7 @@ def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list
         sched = parse_schedule(expr)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return _next(JobSpec(name="expr", schedule=sched, timezone=tz), start, count)
+    return _next(JobSpec(name=name, schedule=sched, timezone=tz), start, count)
 
 
 def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], str | None]:
