@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from cronpy.errors import CronpyError, LockHeld
 from cronpy.locks import Holder
-from cronpy.store.interfaces import HOST
+from cronpy.store.interfaces import HOST, JobLock, JobLocks, Leadership, implements
 
 if TYPE_CHECKING:
     from cronpy.store.postgres import Conn, PgStore
@@ -35,6 +35,7 @@ log = logging.getLogger("cronpy")
 _EXPIRES = "clock_timestamp() + %s * interval '1 second'"
 
 
+@implements(Leadership)
 class Lease:
     """Leadership of the fleet (see the module docstring)."""
 
@@ -66,6 +67,7 @@ class Lease:
         return True
 
     def renew_on(self, cur: Any) -> None:
+        """Extend the lease (keeper thread); lose it if another runner took it over."""
         epoch, sent, s = self.epoch, time.monotonic(), self.store
         if epoch is None:
             return
@@ -79,10 +81,12 @@ class Lease:
             self._renewed, self.deadline = sent, sent + s.lease * 0.9
 
     def renewal_failed(self, exc: Exception) -> None:
+        """The keeper could not reach the store: the lease is lost once it has run out."""
         if self.epoch is not None and time.monotonic() >= self.deadline:
             self.lose(self.epoch, f"the lease ran out: the store cannot be reached: {exc}")
 
     def lose(self, epoch: int, why: str) -> None:
+        """Leadership of `epoch` is over (for `why`); calls on_lost once."""
         if self.epoch != epoch:
             return
         self.epoch, self._loss = None, why
@@ -124,6 +128,7 @@ class Lease:
         return Holder(pid=row[0], host=row[1], since=row[2], epoch=row[3], expires_at=row[4])
 
 
+@implements(JobLock)
 class JobLockRow:
     """A job's overlap lock as a row with an expiry, shared by every host on the database."""
 
@@ -133,6 +138,7 @@ class JobLockRow:
 
     @property
     def held(self) -> bool:
+        """True while this process holds it."""
         return self._held.is_set()
 
     def acquire(self, *, wait: float = 0.0, run_id: int | None = None, now: datetime | None = None,
@@ -197,6 +203,7 @@ class JobLockRow:
         return Holder(pid=row[0], host=row[1], since=row[2], run_id=row[3]) if row else None
 
 
+@implements(JobLocks)
 class JobLockRows:
     """The JobLocks of a fleet store: renews only the locks still held (runs still running)
     and deletes the rows whose release failed."""
@@ -213,6 +220,7 @@ class JobLockRows:
         return lock
 
     def renew_on(self, cur: Any) -> None:
+        """Extend the locks still held; delete the rows whose release failed (keeper thread)."""
         s = self.store
         held = [name for name, lock in list(self._locks.items()) if lock.held]
         if held:
@@ -224,6 +232,7 @@ class JobLockRows:
             self.unreleased.difference_update(gone)
 
     def release_all(self) -> None:
+        """Release every lock this process holds (at close)."""
         for lock in list(self._locks.values()):
             lock.release()
 
@@ -235,12 +244,14 @@ class Heartbeats:
         self.store, self.role = store, role
 
     def register(self, role: str) -> None:
+        """Start heartbeating as `role` (run, trigger) until the store is closed."""
         self.role = role
         with self.store._db.use() as cur:
             self.beat_on(cur)
         self.store.coord.start_keeper()
 
     def beat_on(self, cur: Any) -> None:
+        """Write this process's heartbeat row (role: leader while it holds the lease)."""
         s = self.store
         role = "leader" if s.coord.lease.epoch is not None else self.role
         cur.execute("INSERT INTO cronpy.runners (holder, host, pid, role, started_at, last_seen)"
@@ -249,6 +260,7 @@ class Heartbeats:
                     (s.holder_id, HOST, os.getpid(), role))
 
     def remove(self) -> None:
+        """Delete this process's heartbeat row (at close); never raises."""
         try:
             with self.store._db.use() as cur:
                 cur.execute("DELETE FROM cronpy.runners WHERE holder = %s", (self.store.holder_id,))
@@ -292,6 +304,7 @@ class Cancels:
         self.on_cancel: Callable[[int], object] | None = None
 
     def poll_on(self, cur: Any) -> list[int]:
+        """Ids of this process's running runs that `cronpy cancel` asked to stop."""
         if self.on_cancel is None:
             return []
         cur.execute("SELECT c.run_id FROM cronpy.cancel_requests c JOIN cronpy.runs r ON r.id = c.run_id"
@@ -313,6 +326,7 @@ class Fleet:
         self._stop = threading.Event()
 
     def start_keeper(self) -> None:
+        """Start the keeper thread (once)."""
         if self._keeper is None:
             self._keeper = threading.Thread(target=self._keep, name="store-keeper", daemon=True)
             self._keeper.start()
@@ -322,6 +336,7 @@ class Fleet:
             self.renew()
 
     def renew(self) -> None:
+        """One keeper round on the keeper's own connection: lease, locks, heartbeat, cancels."""
         try:
             with self.keeper_conn.use() as cur:
                 self.lease.renew_on(cur)
@@ -336,11 +351,13 @@ class Fleet:
             self.lease.renewal_failed(exc)
 
     def stop_keeper(self) -> None:
+        """Stop the keeper thread (what a paused or cut-off host looks like to the others)."""
         self._stop.set()
         if self._keeper is not None:
             self._keeper.join(5)
 
     def close(self) -> None:
+        """Stop the keeper, release locks, remove the heartbeat; never raises."""
         self.stop_keeper()
         self.locks.release_all()
         self.heartbeats.remove()

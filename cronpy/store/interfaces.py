@@ -16,7 +16,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 
@@ -292,6 +292,25 @@ class Leadership(Protocol):
     def describe_loss(self) -> str:
         """Why leadership was lost (for the step-down log line)."""
         ...
+
+
+C = TypeVar("C", bound=type)
+
+
+def implements(*protocols: type) -> Callable[[C], C]:
+    """Class decorator: each public method without a docstring gets its protocol's, so that
+    help() and the source show the contract on the implementation too (written once)."""
+    def apply(cls: C) -> C:
+        for name, member in vars(cls).items():
+            if name.startswith("_") or not callable(member) or member.__doc__:
+                continue
+            for protocol in protocols:
+                doc = getattr(getattr(protocol, name, None), "__doc__", None)
+                if doc:
+                    member.__doc__ = doc
+                    break
+        return cls
+    return apply
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from cronpy.errors import HistoryError, NoHistory, NotLeader, StoreTooNew, StoreUnreachable
-from cronpy.store.interfaces import HOST, Capabilities, Health, NewRun
+from cronpy.store.interfaces import HOST, Capabilities, Health, NewRun, Store, implements
 from cronpy.store.migrations import POSTGRES as MIGRATIONS
 from cronpy.store.retry import CLAIM, GaveUp
 from cronpy.store.sql import CLAIM_WHERE, FINISHED_DURATION, SqlStore, Tx
@@ -51,6 +51,7 @@ class _Cursor:
         self.cur = cur
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """See Tx.run."""
         return self.cur.execute(sql.replace("?", "%s"), params)
 
 
@@ -67,6 +68,7 @@ class Conn:
         self.last_error = ""
 
     def get(self) -> Any:
+        """The live connection, connecting if needed; StoreUnreachable while backing off."""
         if self._conn is not None and not self._conn.closed:
             return self._conn
         now = time.monotonic()
@@ -117,12 +119,14 @@ class Conn:
                 raise HistoryError(self.location, str(exc).strip()) from None
 
     def close(self) -> None:
+        """Close the connection (the next get() reconnects)."""
         with self.lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
 
 
+@implements(Store)
 class PgStore(SqlStore):
     """History and claims in one PostgreSQL database; `leadership` and `locks` beside it."""
 

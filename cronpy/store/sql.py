@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from cronpy.errors import RunNotFound
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
-from cronpy.store.interfaces import CLAIMED_TRIGGERS, HOST, Capabilities, Health, NewRun
+from cronpy.store.interfaces import CLAIMED_TRIGGERS, HOST, Capabilities, Health, NewRun, Store, implements
 
 CLAIMED_SQL = ", ".join(f"'{t.value}'" for t in CLAIMED_TRIGGERS)
 CLAIM_WHERE = f"attempt = 1 AND trigger IN ({CLAIMED_SQL})"
@@ -70,9 +70,12 @@ def result_json(result: Any) -> str | None:
 class Tx(Protocol):
     """A cursor-like handle inside a transaction (see SqlStore._tx)."""
 
-    def run(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def run(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute one statement (`?` placeholders); a cursor with fetchone/fetchall/rowcount."""
+        ...
 
 
+@implements(Store)
 class SqlStore:
     """The store on top of a dialect's connection (see the module docstring).
 

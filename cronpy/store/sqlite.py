@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 from cronpy.errors import NoHistory, StoreTooNew, StoreUnavailable
 from cronpy.store.migrations import SQLITE as MIGRATIONS
 from cronpy.store.retry import GaveUp, RetryPolicy
+from cronpy.store.interfaces import Store, implements
 from cronpy.store.sql import SqlStore
 
 UTC = timezone.utc
@@ -37,6 +38,7 @@ class _Cursor:
         self.db = db
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """See Tx.run."""
         return self.db.execute(sql, params)
 
 
@@ -52,6 +54,7 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+@implements(Store)
 class SqliteStore(SqlStore):
     """A connection to STATE_DIR/history.db, safe to share between the runner's threads."""
 
@@ -178,4 +181,5 @@ class SqliteStore(SqlStore):
                           + (" AND job = ?" if job else ""), [job] if job else [])
 
     def integrity_check(self) -> str:
+        """SQLite's own check of the file: "ok", or what is wrong."""
         return str(self._read("PRAGMA integrity_check")[0][0])
