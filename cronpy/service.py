@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable
 
-from cronpy.clock import Clock, SystemClock
+from cronpy.clock import Clock, StepDetector, SystemClock
 from cronpy.config import get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
 from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, StoreUnreachable
@@ -249,8 +249,18 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         return 0
     history, locks, leadership, sd = backend
     history.register_runner("standby")
+    notifier = Notifier()
     integrations = Integrations()
     runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations])
+    if isinstance(clock, SystemClock):
+        runner.steps = StepDetector()
+    if notifier.watchdog_interval is not None:
+        # The loop beats at least once per ping interval; a ping goes out only while the last
+        # beat is younger than two intervals, so a stuck loop (a hung reload, a blocked store)
+        # stops the pings and systemd restarts the service after WatchdogSec=.
+        interval = notifier.watchdog_interval
+        runner.max_sleep = interval
+        notifier.start_watchdog(lambda: runner.alive(2 * interval))
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
         history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -262,14 +272,13 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                           lambda: {j: t.timestamp() for j, t in runner.next_per_job().items()})
         runner.observers.append(metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
-    notifier = Notifier()
     reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
     _install_signals(lambda urgent: runner.request_stop(now=urgent), reloader.request)
     # A fleet's failover takes up to a lease: an instant due meanwhile still fires, late.
     late_window = MISFIRE_GRACE + timedelta(seconds=jobs.leader_lease if history.fenced else 0)
     since = clock.now()
     stop_pruning = threading.Event()
-    watchdog = False
+    pruning = False
     try:
         while not runner.stopping:
             if not _stand_by(leadership, runner, notifier, history, sd, jobs_file, since):
@@ -286,9 +295,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                      "store" if history.fenced else "state dir", history.location if history.fenced else sd,
                      _summary(runner).split("next: ", 1)[1])
             notifier.ready(_summary(runner))
-            if not watchdog:
-                notifier.start_watchdog(runner.healthy)
-                watchdog = True
+            if not pruning:
+                pruning = True
                 if jobs.history_retention:
                     threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
                                      daemon=True, name="prune").start()
@@ -349,6 +357,7 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
     said = ""  # what was last logged, so that a long standby logs each change once
     last_status = 0.0
     while not runner.stopping:
+        runner.beat()  # standing by is the loop alive too (the watchdog)
         try:
             if leadership.try_acquire():
                 if said:

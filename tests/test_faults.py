@@ -1,0 +1,282 @@
+"""Faults that must not fool the runner: a stuck loop, a deleted or corrupted state dir,
+wall-clock steps, a fleet host whose clock is off.
+
+Real runner processes, a real datagram socket for sd_notify, real SQLite files, and
+libfaketime (Debian's) to step the clock of a running process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from conftest import cronpy, stop, wait_for
+
+
+pytestmark = pytest.mark.slow
+UTC = timezone.utc
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def runner(jobs: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+    full = dict(os.environ)
+    full.pop("CRONPY_STATE_DIR", None)
+    full.update(env or {})
+    err = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "cronpy", "run", str(jobs), *extra],
+                            stdout=subprocess.DEVNULL, stderr=err, env=full, cwd=jobs.parent)
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    if not db.exists():
+        return []
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+def text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+# -- the systemd watchdog proves the loop ----------------------------------------------------
+
+def pings(sock: socket.socket, seconds: float) -> list[float]:
+    """Monotonic arrival times of WATCHDOG=1 datagrams over the next `seconds`."""
+    out: list[float] = []
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            msg = sock.recv(4096).decode()
+        except socket.timeout:
+            break
+        if "WATCHDOG=1" in msg.split("\n"):
+            out.append(time.monotonic())
+    return out
+
+
+def test_watchdog_pings_stop_while_the_scheduling_loop_is_stuck_and_resume_after(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  tick: {schedule: '* * * * * *', command: 'true'}\n")
+    db = tmp_path / "state" / "history.db"
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    # WatchdogSec=1s: a ping every 0.5 s while the loop's last pass is under 1 s old.
+    proc = runner(path, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}, log=tmp_path / "r.log")
+    blocker = None
+    try:
+        assert wait_for(lambda: len(query(db, "SELECT 1 FROM runs")) >= 2, timeout=20)
+        assert len(pings(sock, 1.6)) >= 2, "no watchdog pings from a healthy runner"
+        # Take SQLite's write lock: the loop blocks in its next claim (busy_timeout is 10 s),
+        # while every other thread of the runner goes on.
+        blocker = sqlite3.connect(db, timeout=10, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        blocked_at = time.monotonic()
+        # Within a second the next claim blocks; a beat then goes stale after 1 s more.
+        quiet = [t for t in pings(sock, 4.5) if t > blocked_at + 2.6]
+        assert quiet == [], f"{len(quiet)} watchdog ping(s) sent while the loop was stuck"
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        blocker = None
+        assert len(pings(sock, 3.0)) >= 2, "pings did not resume once the loop was free"
+    finally:
+        if blocker is not None:
+            blocker.close()
+        stop(proc)
+        sock.close()
+    assert proc.returncode == 0, text(tmp_path / "r.log")
+
+
+# -- wall-clock steps ------------------------------------------------------------------------
+
+def test_the_step_detector_tells_steps_each_way_from_a_suspend() -> None:
+    from cronpy.clock import StepDetector
+
+    clocks = {"wall": 1_000_000.0, "mono": 50.0, "boot": 60.0}
+    det = StepDetector(lambda: clocks["wall"], lambda: clocks["mono"], lambda: clocks["boot"])
+
+    def tick(wall: float, mono: float, boot: float) -> None:
+        for k, v in (("wall", wall), ("mono", mono), ("boot", boot)):
+            clocks[k] += v
+
+    tick(5, 5, 5)  # time passing, wall and monotonic together
+    assert det.check() is None
+    tick(5.0003, 5, 5)  # NTP slewing: not a step
+    assert det.check() is None
+    tick(-86400 + 1, 1, 1)  # `date -s yesterday`
+    back = det.check()
+    assert back is not None and round(back.seconds) == -86400 and not back.suspended and back.big
+    assert "stepped back by 86400.0s" in back.describe()
+    tick(91, 1, 1)
+    fwd = det.check()
+    assert fwd is not None and round(fwd.seconds) == 90 and not fwd.suspended and not fwd.big
+    tick(3600, 0, 3600)  # suspended for an hour: monotonic stood still, boot time did not
+    slept = det.check()
+    assert slept is not None and slept.suspended and "suspended for 3600.0s" in slept.describe()
+
+
+def started(h) -> list[tuple[str, str, datetime]]:  # type: ignore[no-untyped-def]
+    return [(r.job, r.trigger.value, r.scheduled_for) for r in h.rows()]
+
+
+def drain(h, now: datetime) -> None:  # type: ignore[no-untyped-def]
+    """Tick at `now` until nothing more is due at it (a replay would start run after run)."""
+    h.clock.set(now)
+    for _ in range(50):
+        if (nxt := h.runner.next_wakeup()) is None or nxt > now:
+            break
+        h.runner.tick(now)
+        assert h.runner.wait_idle(20)
+
+
+def test_a_runner_paused_90s_does_not_replay_an_interval_jobs_last_10s(harness) -> None:
+    t0 = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
+    h = harness("jobs:\n  fast: {schedule: 2s, command: 'true'}\n", t0).start()
+    h.run_until(t0 + timedelta(seconds=6))
+    before = len(h.rows())
+    woke = t0 + timedelta(seconds=96)  # SIGSTOPped for 90 s: nothing moved the wall clock
+    drain(h, woke)
+    assert len(h.rows()) == before, started(h)[before:]  # the missed instants are not replayed
+    nxt = h.runner.next_wakeup()
+    assert nxt is not None and woke < nxt <= woke + timedelta(seconds=2)  # its cadence resumes
+
+
+def step(h, seconds: float, *, suspended: bool = False) -> datetime:  # type: ignore[no-untyped-def]
+    from cronpy.clock import Step
+
+    now = h.clock.advance(seconds)
+    h.runner.clock_stepped(Step(seconds, suspended), now)
+    return now
+
+
+JOBS = """
+jobs:
+  fixed: {schedule: '30 10 * * *', command: 'true'}
+  wild: {schedule: '*/15 * * * *', command: 'true'}
+  every: {schedule: 10s, command: 'true'}
+"""
+
+
+def test_a_small_forward_step_runs_a_skipped_fixed_time_job_once_and_resumes_the_others(harness) -> None:
+    t0 = datetime(2026, 5, 4, 10, 0, 2, tzinfo=UTC)
+    h = harness(JOBS, t0).start()
+    now = step(h, 3600)  # 10:00:02 -> 11:00:02: cron(8)'s "less than 3 hours forward"
+    drain(h, now)
+    runs = started(h)
+    assert runs == [("fixed", "schedule", t0.replace(minute=30, second=0))], runs  # once, at once
+    # The interval keeps its elapsed-time cadence (first due 10 s after the 10:00:02 start:
+    # 10:00:12, which is 11:00:12 on the stepped clock);
+    # the wildcard job resumes at its next wall-clock instant.
+    nxt = h.runner.next_per_job()
+    assert nxt["every"] == datetime(2026, 5, 4, 11, 0, 12, tzinfo=UTC)
+    assert nxt["wild"] == datetime(2026, 5, 4, 11, 15, tzinfo=UTC)
+    assert nxt["fixed"] == datetime(2026, 5, 5, 10, 30, tzinfo=UTC)
+
+
+def test_a_big_forward_step_takes_the_new_time_without_running_skipped_jobs(harness) -> None:
+    t0 = datetime(2026, 5, 4, 10, 0, 2, tzinfo=UTC)
+    h = harness(JOBS, t0).start()
+    now = step(h, 4 * 3600)  # 3 hours or more: the new time, at once
+    drain(h, now)
+    assert started(h) == []
+    assert h.runner.next_per_job()["fixed"] == datetime(2026, 5, 5, 10, 30, tzinfo=UTC)
+
+
+def test_a_step_back_repeats_no_fixed_time_job_and_wildcards_follow_the_wall_clock(harness) -> None:
+    t0 = datetime(2026, 5, 4, 10, 29, 55, tzinfo=UTC)
+    h = harness(JOBS, t0).start()
+    h.run_until(datetime(2026, 5, 4, 10, 31, tzinfo=UTC))
+    assert ("fixed", "schedule", datetime(2026, 5, 4, 10, 30, tzinfo=UTC)) in started(h)
+    step(h, -3600)  # 10:31 -> 09:31
+    nxt = h.runner.next_per_job()
+    assert nxt["fixed"] == datetime(2026, 5, 5, 10, 30, tzinfo=UTC)  # not repeated today
+    assert nxt["wild"] == datetime(2026, 5, 4, 9, 45, tzinfo=UTC)
+    assert nxt["every"] - h.clock.now() <= timedelta(seconds=10)  # elapsed cadence, no hour-long gap
+
+
+def test_a_step_back_of_a_day_keeps_every_job_running_on_the_new_time(harness) -> None:
+    t0 = datetime(2026, 5, 4, 10, 0, 2, tzinfo=UTC)
+    h = harness(JOBS, t0).start()
+    now = step(h, -86400)
+    nxt = h.runner.next_per_job()
+    assert nxt["every"] - now <= timedelta(seconds=10)
+    assert nxt["wild"] == datetime(2026, 5, 3, 10, 15, tzinfo=UTC)
+    assert nxt["fixed"] == datetime(2026, 5, 3, 10, 30, tzinfo=UTC)  # a big step: the new time
+
+
+def test_a_suspend_moves_nothing_and_replays_nothing(harness) -> None:
+    t0 = datetime(2026, 5, 4, 10, 0, 2, tzinfo=UTC)
+    h = harness("jobs:\n  every: {schedule: 10s, command: 'true'}\n", t0).start()
+    now = step(h, 3600, suspended=True)
+    drain(h, now)
+    assert started(h) == []  # an hour of instants missed while asleep: skipped, not replayed
+    nxt = h.runner.next_wakeup()
+    assert nxt is not None and now < nxt <= now + timedelta(seconds=10)
+
+
+def faketime_env(control: Path) -> dict[str, str]:
+    """Run under libfaketime with a wall clock the test steps by writing `control`; the
+    monotonic clocks stay real, as on a machine whose clock is set by NTP or `date -s`."""
+    if not FAKETIME_LIB.exists():
+        pytest.fail("libfaketime is not installed (apt-get install faketime)")
+    control.write_text("+0\n")
+    return {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(control), "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def uptimes(path: Path) -> list[float]:
+    """What each run appended: /proc/uptime, a clock libfaketime does not touch."""
+    return [float(line.split()[0]) for line in text(path).splitlines() if line.strip()]
+
+
+def test_a_runner_whose_clock_is_stepped_back_a_day_keeps_running_and_says_so(jobs_file, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    path = jobs_file(f"state_dir: state\njobs:\n"
+                     f"  every: {{schedule: 1s, command: 'cat /proc/uptime >> {out}'}}\n"
+                     f"  cron: {{schedule: '* * * * * *', command: 'cat /proc/uptime >> {out}.cron'}}\n")
+    control = tmp_path / "faketime"
+    log = tmp_path / "r.log"
+    proc = runner(path, env=faketime_env(control), log=log)
+    try:
+        assert wait_for(lambda: len(uptimes(out)) >= 2 and len(uptimes(Path(f"{out}.cron"))) >= 2, timeout=20)
+        control.write_text("-1d\n")
+        stepped = float(Path("/proc/uptime").read_text().split()[0])
+        # Noticed within the loop's longest sleep (5 s); both jobs run again on the new time.
+        assert wait_for(lambda: len([u for u in uptimes(out) if u > stepped + 1]) >= 2
+                        and len([u for u in uptimes(Path(f"{out}.cron")) if u > stepped + 1]) >= 2, timeout=15), \
+            text(log)
+    finally:
+        stop(proc)
+    assert "the wall clock was stepped back by 86400" in text(log)
+
+
+def test_a_runner_whose_clock_is_stepped_forward_90s_replays_nothing(jobs_file, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    path = jobs_file(f"state_dir: state\njobs:\n  every: {{schedule: 2s, command: 'cat /proc/uptime >> {out}'}}\n")
+    control = tmp_path / "faketime"
+    log = tmp_path / "r.log"
+    proc = runner(path, env=faketime_env(control), log=log)
+    try:
+        assert wait_for(lambda: len(uptimes(out)) >= 2, timeout=20)
+        control.write_text("+90\n")
+        stepped = float(Path("/proc/uptime").read_text().split()[0])
+        assert wait_for(lambda: len([u for u in uptimes(out) if u > stepped]) >= 3, timeout=15), text(log)
+    finally:
+        stop(proc)
+    runs = uptimes(out)
+    gaps = [b - a for a, b in zip(runs, runs[1:])]
+    assert min(gaps) > 1.0, f"runs back to back after the step: {gaps}"  # today: 6 within 55 ms
+    assert "the wall clock was stepped forward by 90" in text(log)
