@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 from cronpy.clock import Clock, Step, StepDetector
-from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader
+from cronpy.errors import CronpyError, HistoryDamaged, HistoryError, LockHeld, NotLeader
 from cronpy.executor import Attempt, AttemptResult, RunContext
 from cronpy.history import HOST, NewRun
 from cronpy.integrations import Observer
@@ -700,8 +700,8 @@ class Runner:
                 attempt += 1
                 log.error("HISTORY WRITE FAILED (try %d%s): %s", attempt,
                           "" if patience else f" of {RECORD_TRIES}", exc)
-                if attempt >= RECORD_TRIES and time.monotonic() >= deadline:
-                    break
+                if isinstance(exc, HistoryDamaged) or (attempt >= RECORD_TRIES and time.monotonic() >= deadline):
+                    break  # a corrupt file stays corrupt: the runner is stopping on it (see service)
                 threading.Event().wait(min(RECORD_BACKOFF[1], RECORD_BACKOFF[0] * 2 ** (attempt - 1)))
         log.critical("giving up on a history write after %d tries; the run's outcome is only in this log", attempt)
 

@@ -23,7 +23,8 @@ from typing import Callable
 from cronpy.clock import Clock, StepDetector, SystemClock
 from cronpy.config import get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
-from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, StoreUnreachable
+from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, EXIT_USAGE, ConfigError, CronpyError, HistoryDamaged, HistoryError,
+                           LockHeld, StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.history import HOST
 from cronpy.integrations import Integrations
@@ -261,6 +262,15 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         interval = notifier.watchdog_interval
         runner.max_sleep = interval
         notifier.start_watchdog(lambda: runner.alive(2 * interval))
+    damaged: list[HistoryDamaged] = []
+
+    def on_damaged(exc: HistoryDamaged) -> None:
+        # A corrupt database never heals: stop (running jobs get their grace) and exit 2 with
+        # one clear error, instead of standing by and retrying in a loop.
+        damaged.append(exc)
+        runner.request_stop()
+
+    history.on_damaged = on_damaged  # type: ignore[attr-defined]
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
         history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -279,6 +289,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     since = clock.now()
     stop_pruning = threading.Event()
     pruning = False
+    retry_in = 1.0  # after a failed start, doubling to 30 s
     try:
         while not runner.stopping:
             if not _stand_by(leadership, runner, notifier, history, sd, jobs_file, since):
@@ -287,10 +298,18 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                 _recover(history, runner.jobs, clock.now())  # runner.jobs: the file as last reloaded
                 runner.start(clock.now(), late_window=late_window)
             except HistoryError as exc:
-                log.error("cannot load the schedule from the store, standing by: %s", exc)
                 runner.step_down()
                 leadership.release()
+                if isinstance(exc, HistoryDamaged):
+                    damaged.append(exc)
+                    break
+                log.error("cannot load the schedule from the store, standing by (retrying in %.0fs): %s",
+                          retry_in, exc)
+                runner.wake.clear()
+                runner.wake.wait(retry_in)  # a store that cannot be read now is not asked again at once
+                retry_in = min(retry_in * 2, 30.0)
                 continue
+            retry_in = 1.0
             log.info("cronpy: %d job(s) from %s, %s %s; next: %s", len(runner.jobs.jobs), jobs.source,
                      "store" if history.fenced else "state dir", history.location if history.fenced else sd,
                      _summary(runner).split("next: ", 1)[1])
@@ -316,6 +335,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         notifier.stopping()
         stop_pruning.set()
         integrations.close()
+        if damaged:
+            log.error("cronpy: stopped: %s", damaged[0])
+            return EXIT_USAGE
         log.info("cronpy: stopped")
     finally:
         try:
@@ -633,6 +655,33 @@ def _await_cancel(h: Store, rec: RunRecord, timeout: float) -> str:
         time.sleep(0.25)
     return (f"asked the runner of run {rec.id} of {rec.job} on {rec.host} to cancel it;"
             f" it has not ended after {timeout:.0f}s (see `cronpy show {rec.id}`)")
+
+
+def recover(sd: Path) -> list[str]:
+    """`cronpy recover`: with the scheduler lock held (no runner of this state dir is running),
+    move a damaged history.db aside and salvage what SQLite can still read into a fresh one."""
+    from cronpy.recover import recover as salvage
+
+    lock = Locks(sd).scheduler()
+    try:
+        lock.acquire(wait=0.0)
+    except LockHeld as exc:
+        raise LockHeld("the scheduler", f"{exc.holder or 'another process'}; stop the runners of {sd} first") from None
+    try:
+        done = salvage(sd)
+    finally:
+        lock.release()
+    lines = [f"moved the damaged history database to {done.damaged}"]
+    if done.was_ok:
+        lines.append("note: SQLite found nothing wrong with it; it was recovered anyway")
+    lines.append(f"recovered {done.runs} run(s) into a fresh {done.path}")
+    if done.unreadable_ranges:
+        spans = ", ".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in done.unreadable_ranges[:10])
+        more = f" and {len(done.unreadable_ranges) - 10} more" if len(done.unreadable_ranges) > 10 else ""
+        lines.append(f"unreadable, lost: run ids {spans}{more} (up to {done.lost_estimate} run(s))")
+    for table in done.tables_lost:
+        lines.append(f"unreadable, lost: the {table} table ({'paused jobs' if table == 'paused' else 'cancel requests'})")
+    return lines
 
 
 class NothingToDo(CronpyError):

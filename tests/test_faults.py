@@ -280,3 +280,72 @@ def test_a_runner_whose_clock_is_stepped_forward_90s_replays_nothing(jobs_file, 
     gaps = [b - a for a, b in zip(runs, runs[1:])]
     assert min(gaps) > 1.0, f"runs back to back after the step: {gaps}"  # today: 6 within 55 ms
     assert "the wall clock was stepped forward by 90" in text(log)
+
+
+# -- a corrupted history.db ------------------------------------------------------------------
+
+def damaged_history(state: Path, runs: int = 2000) -> int:
+    """A real history of `runs` runs, then random bytes over 4 of its pages; returns its size in pages."""
+    import random
+
+    from cronpy.history import History
+    from cronpy.models import RunStatus, Trigger
+
+    History.open(state).close()  # cronpy's own schema, indexes and triggers
+    db = state / "history.db"
+    t = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    con = sqlite3.connect(db)
+    with con:  # one transaction: 2,000 commits with synchronous=FULL would take seconds
+        con.executemany("INSERT INTO runs (job, status, trigger, scheduled_for, started_at, finished_at, duration,"
+                        " output) VALUES (?, ?, ?, ?, ?, ?, 0.5, ?)",
+                        [(f"job{i % 4}", RunStatus.SUCCESS.value, Trigger.SCHEDULE.value, t + i, t + i, t + i + 0.5,
+                          "x" * 300) for i in range(runs)])
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    pages = db.stat().st_size // 4096
+    rng = random.Random(14)
+    with open(db, "r+b") as fh:
+        for page in (pages // 5, pages // 3, pages // 2, pages * 3 // 4):
+            fh.seek(page * 4096)
+            fh.write(rng.randbytes(4096))
+    return pages
+
+
+def test_a_corrupted_history_stops_the_runner_with_one_clear_error_and_recover_salvages_it(
+        jobs_file, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    damaged_history(state)
+    path = jobs_file("state_dir: state\nhistory_retention: 1d\n"
+                     "jobs:\n  tick: {schedule: '* * * * * *', command: 'true'}\n")
+    log = tmp_path / "r.log"
+    proc = runner(path, log=log)
+    try:
+        proc.wait(20)  # today: it loops "standing by ... malformed" / "stepped down" without end
+    finally:
+        stop(proc)
+    lines = text(log).splitlines()
+    assert proc.returncode == 2, lines[-5:]
+    assert len(lines) < 10, f"{len(lines)} log lines"
+    assert any(str(state / "history.db") in line and "cronpy recover" in line for line in lines), lines
+    # `history` reading the damaged pages says the same, with the same status.
+    res = cronpy("history", "--state-dir", str(state), "--limit", "5000")
+    assert res.returncode == 2 and "cronpy recover" in res.stderr, res.stderr
+
+    res = cronpy("recover", "--state-dir", str(state))
+    assert res.returncode == 0, res.stderr
+    recovered = int(res.stdout.split("recovered ", 1)[1].split()[0])
+    assert 1000 < recovered <= 2000, res.stdout
+    aside = [p for p in state.iterdir() if p.name.startswith("history.db.damaged-") and "-" not in p.name[19:]]
+    assert len(aside) == 1 and aside[0].stat().st_size > 0  # kept, for the operator
+    assert query(state / "history.db", "PRAGMA integrity_check") == [("ok",)]
+    res = cronpy("stats", "--state-dir", str(state), "-f", str(path), "--json")
+    assert res.returncode == 0 and sum(j["runs"] for j in __import__("json").loads(res.stdout)) == recovered
+
+    proc = runner(path, log=log)  # and the runner works again on the fresh file
+    try:
+        assert wait_for(lambda: query(state / "history.db", "SELECT 1 FROM runs WHERE job = 'tick'") != [], 20)
+        res = cronpy("recover", "--state-dir", str(state))  # never under a running runner
+        assert res.returncode == 75 and "stop the runners" in res.stderr, res.stderr
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
