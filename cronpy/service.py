@@ -33,6 +33,7 @@ from cronpy.notify import Notifier
 from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
 from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
+from cronpy.stateguard import StateGuard
 from cronpy.store import JobLocks, Leadership, Store, open_store
 
 log = logging.getLogger("cronpy")
@@ -262,15 +263,30 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         interval = notifier.watchdog_interval
         runner.max_sleep = interval
         notifier.start_watchdog(lambda: runner.alive(2 * interval))
-    damaged: list[HistoryDamaged] = []
+    fatal: list[str] = []  # why this runner must stop and exit 2 (a state-dir error)
 
     def on_damaged(exc: HistoryDamaged) -> None:
         # A corrupt database never heals: stop (running jobs get their grace) and exit 2 with
         # one clear error, instead of standing by and retrying in a loop.
-        damaged.append(exc)
+        fatal.append(str(exc))
         runner.request_stop()
 
     history.on_damaged = on_damaged  # type: ignore[attr-defined]
+    guard = None
+    if not history.fenced:
+        # The state dir deleted or swapped under us: this runner's flock and database are no
+        # longer the ones a new runner would use. Stop scheduling, loudly, and exit 2.
+        guard = StateGuard()
+        guard.watch(Path(history.location))
+
+        def on_state_lost(why: str) -> None:
+            log.error("the state dir %s was changed under this runner (%s): it no longer holds the scheduler"
+                      " lock or history there, so it stops scheduling now and exits with status 2 once its"
+                      " running jobs end; start it again to use the new state dir", sd, why)
+            fatal.append(f"the state dir {sd} was changed under this runner ({why})")
+            runner.request_stop()
+
+        guard.start(on_state_lost)
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
         history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -294,6 +310,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         while not runner.stopping:
             if not _stand_by(leadership, runner, notifier, history, sd, jobs_file, since):
                 break
+            lock = getattr(leadership, "lock", None)
+            if guard is not None and lock is not None:
+                guard.watch(lock.path, lock.opened_identity())
             try:
                 _recover(history, runner.jobs, clock.now())  # runner.jobs: the file as last reloaded
                 runner.start(clock.now(), late_window=late_window)
@@ -301,7 +320,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                 runner.step_down()
                 leadership.release()
                 if isinstance(exc, HistoryDamaged):
-                    damaged.append(exc)
+                    fatal.append(str(exc))
                     break
                 log.error("cannot load the schedule from the store, standing by (retrying in %.0fs): %s",
                           retry_in, exc)
@@ -335,8 +354,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         notifier.stopping()
         stop_pruning.set()
         integrations.close()
-        if damaged:
-            log.error("cronpy: stopped: %s", damaged[0])
+        if fatal:
+            log.error("cronpy: stopped: %s", fatal[0])
             return EXIT_USAGE
         log.info("cronpy: stopped")
     finally:
@@ -345,6 +364,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         except OSError:
             pass
         leadership.release()
+        if guard is not None:
+            guard.close()
         notifier.close()
         if metrics is not None:
             metrics.close()

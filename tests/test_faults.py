@@ -349,3 +349,33 @@ def test_a_corrupted_history_stops_the_runner_with_one_clear_error_and_recover_s
     finally:
         stop(proc)
     assert proc.returncode == 0
+
+
+# -- the state dir deleted under a running runner --------------------------------------------
+
+def test_a_runner_whose_state_dir_is_deleted_steps_down_and_a_new_runner_is_the_only_scheduler(
+        jobs_file, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "out"  # outside the state dir: each run appends the instant it was started for
+    path = jobs_file(f"state_dir: state\nshutdown_grace: 5s\njobs:\n"
+                     f"  tick: {{schedule: '* * * * * *', command: 'date +%s >> {out}'}}\n")
+    state = tmp_path / "state"
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = runner(path, log=first_log)
+    second = None
+    try:
+        assert wait_for(lambda: len(text(out).split()) >= 2, timeout=20)
+        shutil.rmtree(state)
+        # Within seconds it says so, naming the path, and stops scheduling.
+        assert wait_for(lambda: "was changed under this runner" in text(first_log), timeout=10), text(first_log)
+        assert str(state) in text(first_log)
+        second = runner(path, log=second_log)
+        assert wait_for(lambda: query(state / "history.db", "SELECT count(*) FROM runs") >= [(4,)], timeout=20)
+        assert first.wait(15) == 2  # a state-dir error
+    finally:
+        stop(first, *([second] if second else []))
+    seconds = [int(s) for s in text(out).split()]
+    twice = sorted({s for s in seconds if seconds.count(s) > 1})
+    assert twice == [], f"instants run twice: {twice}"
+    assert "standby" not in text(second_log)  # it leads alone: nobody held the new lock
