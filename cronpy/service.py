@@ -224,7 +224,8 @@ def open_backend(jobs: JobSet, state_dir: Path | None, store: str | None = None,
     is given (--store, $CRONPY_STORE, the file's `store`), else SQLite and flock in the state dir."""
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
     url = resolve_store(store, jobs.store)
-    history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease)
+    history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease,
+                         skew=(jobs.clock_skew_warning, jobs.clock_skew_limit))
     if url:
         from cronpy.pgstore import PgStore
 
@@ -406,8 +407,9 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
                 if said:
                     log.info("took over the scheduler %s", "lease" if history.fenced else "lock")
                 return True
-            holder = leadership.holder()
-            why = str(LockHeld("the scheduler", holder.describe() if holder else None))
+            refused = getattr(leadership, "refused", None)  # a fleet host whose clock is off
+            holder = None if refused else leadership.holder()
+            why = refused or str(LockHeld("the scheduler", holder.describe() if holder else None))
         except CronpyError as exc:  # the store cannot be reached: nobody here can prove leadership
             why = f"cannot reach the store: {exc}"
         if why != said and not (why.startswith("cannot reach") and said.startswith("cannot reach")):

@@ -379,3 +379,76 @@ def test_a_runner_whose_state_dir_is_deleted_steps_down_and_a_new_runner_is_the_
     twice = sorted({s for s in seconds if seconds.count(s) > 1})
     assert twice == [], f"instants run twice: {twice}"
     assert "standby" not in text(second_log)  # it leads alone: nobody held the new lock
+
+
+# -- fleet clock skew ------------------------------------------------------------------------
+
+def test_clock_skew_keys_are_validated(jobs_file) -> None:
+    path = jobs_file("clock_skew_warning: 10s\nclock_skew_limit: 2s\njobs: {}\n")
+    res = cronpy("validate", str(path))
+    assert res.returncode == 2 and "jobs.yaml:1: clock_skew_warning: must not exceed clock_skew_limit (2s)" in res.stderr
+    path = jobs_file("clock_skew_limit: soon\njobs: {}\n")
+    res = cronpy("validate", str(path))
+    assert res.returncode == 2 and "jobs.yaml:1: clock_skew_limit: expected a duration" in res.stderr, res.stderr
+    from cronpy.config import load_jobs
+
+    jobs = load_jobs(jobs_file("clock_skew_warning: 500ms\nclock_skew_limit: 1m\njobs: {}\n"))
+    assert (jobs.clock_skew_warning, jobs.clock_skew_limit) == (0.5, 60.0)
+    assert (load_jobs(jobs_file("jobs: {}\n")).clock_skew_warning, load_jobs(jobs_file("jobs: {}\n")).clock_skew_limit) \
+        == (1.0, 5.0)
+
+
+def test_a_fleet_host_whose_clock_is_30s_off_will_not_lead_and_a_leader_that_drifts_off_steps_down(
+        pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    def pg(query: str) -> list[tuple]:
+        with psycopg.connect(pg_url, autocommit=True, connect_timeout=3) as conn:
+            return conn.execute(query).fetchall()  # type: ignore[arg-type]
+
+    path = jobs_file_at(tmp_path, f"store: {pg_url}\nleader_lease: 2s\nclock_skew_warning: 1s\nclock_skew_limit: 5s\n"
+                                  "jobs:\n  tick: {schedule: '* * * * * *', command: 'true'}\n")
+    control = tmp_path / "faketime"
+    env = faketime_env(control)
+    control.write_text("+30\n")  # 30 s ahead of the database's clock from the start
+    skewed_log, good_log = tmp_path / "skewed.log", tmp_path / "good.log"
+    skewed = runner(path, "--state-dir", str(tmp_path / "a"), env=env, log=skewed_log)
+    good = None
+    try:
+        assert wait_for(lambda: "clock is 30." in text(skewed_log), timeout=20), text(skewed_log)
+        assert "ahead of the database's, more than clock_skew_limit (5s)" in text(skewed_log)
+        assert wait_for(lambda: "standby: this host's clock is" in text(skewed_log), timeout=10)
+        assert pg("SELECT count(*) FROM cronpy.runs") == [(0,)]  # it leads nothing, runs nothing
+        good = runner(path, "--state-dir", str(tmp_path / "b"), log=good_log)
+        assert wait_for(lambda: pg("SELECT count(*) FROM cronpy.runs")[0][0] >= 2, timeout=20), text(good_log)
+        assert pg("SELECT DISTINCT runner_pid FROM cronpy.runs") == [(good.pid,)]
+        assert "clock is" not in text(good_log)
+        # The skewed host's clock is fixed: it warns no more and stands by behind the leader.
+        control.write_text("+0\n")
+        assert wait_for(lambda: "agrees with the database's again" in text(skewed_log), timeout=10)
+        assert wait_for(lambda: "standby: the scheduler is already running elsewhere" in text(skewed_log), 10)
+        # The leader's clock now drifts 3 s (warned) then 20 s (over the limit): at its next
+        # renewal it hands the lease back, and the other host takes over.
+        stop(good)
+        assert wait_for(lambda: "took over" in text(skewed_log), timeout=15), text(skewed_log)
+        control.write_text("+3\n")
+        assert wait_for(lambda: "clock is 3.0s ahead of the database's (clock_skew_warning is 1s)" in text(skewed_log),
+                        timeout=10), text(skewed_log)
+        good = runner(path, "--state-dir", str(tmp_path / "b"), log=good_log)
+        assert wait_for(lambda: "standby:" in text(good_log), timeout=15)
+        control.write_text("+20\n")
+        assert wait_for(lambda: "stepped down as the scheduler: this host's clock is 20." in text(skewed_log),
+                        timeout=10), text(skewed_log)
+        switched = time.time()
+        assert wait_for(lambda: pg(f"SELECT count(*) FROM cronpy.runs WHERE runner_pid = {good.pid}"
+                                   f" AND started_at > to_timestamp({switched})")[0][0] >= 2, timeout=15)
+    finally:
+        stop(skewed, *([good] if good else []))
+    instants = [r[0] for r in pg("SELECT scheduled_for FROM cronpy.runs WHERE trigger = 'schedule'")]
+    assert len(instants) == len(set(instants)), "an instant ran twice"
+
+
+def jobs_file_at(folder: Path, body: str) -> Path:
+    path = folder / "jobs.yaml"
+    path.write_text(body)
+    return path
