@@ -23,7 +23,8 @@ from conftest import cronpy, stop, wait_for
 
 pytestmark = pytest.mark.slow
 UTC = timezone.utc
-FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+# Debian's libfaketime (apt-get install libfaketime), in the multiarch folder of this machine.
+FAKETIME_LIB = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), Path("/nonexistent"))
 
 
 def runner(jobs: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
