@@ -433,7 +433,7 @@ def test_a_fleet_host_whose_clock_is_30s_off_will_not_lead_and_a_leader_that_dri
         stop(good)
         assert wait_for(lambda: "took over" in text(skewed_log), timeout=15), text(skewed_log)
         control.write_text("+3\n")
-        assert wait_for(lambda: "clock is 3.0s ahead of the database's (clock_skew_warning is 1s)" in text(skewed_log),
+        assert wait_for(lambda: "ahead of the database's (clock_skew_warning is 1s)" in text(skewed_log),
                         timeout=10), text(skewed_log)
         good = runner(path, "--state-dir", str(tmp_path / "b"), log=good_log)
         assert wait_for(lambda: "standby:" in text(good_log), timeout=15)
