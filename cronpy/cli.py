@@ -207,7 +207,12 @@ def show(
         from cronpy import render
 
         with _store_for_reading(file, state_dir, store) as h:
-            render.run_detail(h.get(run_id), as_json=as_json)
+            rec = h.get(run_id)
+        if not rec.status.finished:  # the history has its output only once it ends
+            from cronpy.outputs import with_live_output
+
+            rec = with_live_output(rec, _state_dir_for_reading(file, state_dir))
+        render.run_detail(rec, as_json=as_json)
 
     _guard(body)
 

@@ -361,6 +361,8 @@ def test_logs_follow_shows_lines_while_the_job_runs_then_the_kept_output(tmp_pat
         reader.start()
         assert wait_for(lambda: lines == ["first\n"], timeout=20), lines
         assert runs(state, "SELECT status FROM runs") == [("running",)]  # seen while it still runs
+        shown = cronpy("show", "1", "--file", str(path), "--json")  # `show` too has what it printed so far
+        assert json.loads(shown.stdout)["output"] == "first\n", shown.stderr
         (tmp_path / "go").touch()
         assert follower.wait(20) == 0, follower.stderr.read()  # type: ignore[union-attr]
         reader.join(5)
