@@ -503,6 +503,14 @@ class History:
     def running(self) -> list[RunRecord]:
         return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM runs WHERE status = 'running' ORDER BY id")]
 
+    def counts(self) -> dict[str, dict[RunStatus, int]]:
+        """Runs per job and status over all of history, from the totals the triggers keep
+        (O(jobs): the dashboard's success rates without stats' duration percentiles)."""
+        out: dict[str, dict[RunStatus, int]] = {}
+        for job, status, n in self._read("SELECT job, status, runs FROM job_totals WHERE runs > 0"):
+            out.setdefault(job, {})[RunStatus(status)] = n
+        return out
+
     def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
         """The job's runs per UTC day since `since`, as (day, finished runs, failed or timed out),
         oldest first; skipped and interrupted runs are not counted, as in success rates."""

@@ -620,6 +620,13 @@ class PgStore:
     def running(self) -> list[RunRecord]:
         return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM cronpy.runs WHERE status = 'running' ORDER BY id")]
 
+    def counts(self) -> dict[str, dict[RunStatus, int]]:
+        """As History.counts: runs per job and status."""
+        out: dict[str, dict[RunStatus, int]] = {}
+        for job, status, n in self._read("SELECT job, status, count(*) FROM cronpy.runs GROUP BY job, status"):
+            out.setdefault(job, {})[RunStatus(status)] = n
+        return out
+
     def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
         """As History.daily: finished runs and failures per UTC day since `since`."""
         rows = self._read(

@@ -32,7 +32,7 @@ from cronpy.durations import format_duration, parse_duration
 from cronpy.errors import HistoryError, RunNotFound
 from cronpy.models import RunRecord, RunStatus
 from cronpy.web import charts
-from cronpy.web.data import PAGE, Dashboard, JobRow, Now, redact_url
+from cronpy.web.data import PAGE, Dashboard, JobRow, Now, redact_url, shown_path
 
 HERE = Path(__file__).parent
 COOKIE = "cronpy_web"
@@ -88,9 +88,10 @@ def _relative(dt: datetime | None, now: datetime) -> str:
     if dt is None:
         return ""
     delta = (dt - now).total_seconds()
-    text = format_duration(abs(delta)) if abs(delta) >= 1 else "now"
-    if text == "now":
-        return text
+    if abs(delta) < 1:
+        return "now"
+    text = format_duration(float(round(abs(delta)))) if abs(delta) < 60 else format_duration(abs(delta))
+    text = text.replace(".0s", "s")
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
@@ -200,13 +201,15 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
     """The ASGI app over `dash`. `token`: required from every client; without it, only Host
     headers naming a loopback address are served (`loopback_only`)."""
     env = _env()
+    for template in ("jobs.html", "job.html", "run.html", "now.html"):
+        env.get_template(template)  # compile now, not in the first request
     session = hmac.new(token.encode(), b"cronpy web login", hashlib.sha256).hexdigest() if token else None
 
     def page(request: Request, template: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
         now = dash.clock.now()
         html = env.get_template(template).render(
             request=request, now=now, rel=lambda dt: _relative(dt, now), config_error=dash.config_error,
-            store_error=dash.store_error, location=dash.location, jobs_file=str(dash.path),
+            store_error=dash.store_error, location=dash.location, jobs_file=shown_path(dash.path),
             zone=now.astimezone().tzname(), **ctx)
         return HTMLResponse(html, status_code)
 
@@ -252,7 +255,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
             raise _bad(f"sort: expected one of {', '.join(SORTS)}, got {sort!r}")
         if state and state not in STATES:
             raise _bad(f"status: expected one of {', '.join(STATES)}, got {state!r}")
-        rows = _rows(dash)
+        rows = dash.job_rows()
         shown = [r for r in rows if (not q or q.lower() in r.name.lower()) and (not state or r.state == state)]
         shown.sort(key=_sort_key(sort), reverse=desc)
         if sort in ("next", "last", "rate"):  # rows without a value last, whichever the direction
@@ -325,7 +328,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
     # -- the API --
 
     def api_jobs(request: Request) -> Response:
-        return JSONResponse([job_json(r) for r in _rows(dash)])
+        return JSONResponse([job_json(r) for r in dash.job_rows(durations=True)])
 
     def api_job_runs(request: Request) -> Response:
         name = request.path_params["name"]
@@ -376,10 +379,6 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
     ]
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
                      exception_handlers={HTTPException: error, HistoryError: error})
-
-
-def _rows(dash: Dashboard) -> list[JobRow]:
-    return dash.job_rows()
 
 
 def _run(dash: Dashboard, run_id: int) -> RunRecord:

@@ -47,7 +47,7 @@ def _nice(hi: float) -> float:
 
 
 def durations_chart(runs: Sequence[RunRecord], fmt: Callable[[datetime], str], *,
-                    width: int = 760, height: int = 220) -> Markup:
+                    width: int = 1100, height: int = 240) -> Markup:
     """Each finished run as a dot (x: start time, y: duration, colour: status), linked to its page."""
     pts = [(r, r.started_at, r.duration) for r in runs if r.duration is not None and r.started_at is not None]
     if not pts:
