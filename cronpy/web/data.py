@@ -12,7 +12,7 @@ import json
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,7 +86,6 @@ class Now:
     paused: dict[str, datetime]
     failures: list[RunRecord]
     state_dir: Path
-    notes: list[str] = field(default_factory=list)
 
 
 def shown_path(path: Path) -> str:

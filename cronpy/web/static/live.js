@@ -35,7 +35,12 @@
     if (every > 0) setTimeout(refresh, every * 1000);
   }
   function refresh() {
-    if (document.hidden) { schedule(); return; }
+    var focused = document.activeElement;
+    var live = document.getElementById("live");
+    // Not while the page is hidden, nor under a control the user is working in (the job
+    // page's history filter is inside the live part).
+    if (document.hidden || (live && focused && live.contains(focused) &&
+        /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(focused.tagName))) { schedule(); return; }
     fetch(window.location.href, { credentials: "same-origin", cache: "no-store" })
       .then(function (r) {
         if (!r.ok) throw new Error("HTTP " + r.status);
