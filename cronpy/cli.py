@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
@@ -98,17 +98,12 @@ def _store_for_reading(file: Path | None, state_dir: Path | None, store: str | N
 def _since(text: str | None) -> datetime | None:
     if text is None:
         return None
-    from cronpy.durations import parse_duration
+    from cronpy.durations import parse_since
 
     try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--since: expected a duration (7d, 12h) or an ISO date/time, got {text!r}") from None
-    return dt if dt.tzinfo else dt.astimezone()
+        return parse_since(text, datetime.now(timezone.utc))
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
 
 
 @app.command()

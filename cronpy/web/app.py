@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, quote, urlencode
@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cronpy.durations import format_duration, parse_duration
+from cronpy.durations import format_duration, parse_since
 from cronpy.errors import HistoryError, RunNotFound
 from cronpy.models import RunRecord, RunStatus
 from cronpy.web import charts
@@ -173,14 +173,9 @@ def _since_param(value: str | None, now: datetime) -> datetime | None:
     if not value or value == "all":
         return None
     try:
-        return now - timedelta(seconds=parse_duration(value))
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise _bad(f"since: expected a duration (7d, 12h) or an ISO date/time, got {value!r}") from None
-    return dt if dt.tzinfo else dt.astimezone()
+        return parse_since(value, now)
+    except ValueError as exc:
+        raise _bad(f"since: {exc}") from None
 
 
 def _int_param(value: str | None, name: str, lo: int, hi: int) -> int | None:
