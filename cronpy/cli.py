@@ -261,6 +261,8 @@ def next_(
     from_: Annotated[Optional[str], typer.Option("--from", help="Start after this ISO 8601 time (default: now).")] = None,
     expr: Annotated[Optional[str], typer.Option("--expr", help="A schedule not in any file, e.g. '0 3 * * 1-5'.")] = None,
     tz: Annotated[str, typer.Option("--tz", help="Zone for --expr.")] = "UTC",
+    hash_name: Annotated[str, typer.Option(
+        "--name", help="Job name that H in --expr hashes, to preview a job's hashed times.")] = "expr",
     file: FileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -280,7 +282,7 @@ def next_(
             except ValueError:
                 raise UsageError(f"--from: expected an ISO 8601 time, got {from_!r}") from None
         if expr is not None:
-            times, words = service.next_for_expr(expr, tz, start, count)
+            times, words = service.next_for_expr(expr, tz, start, count, hash_name)
         elif name is not None:
             times, words = service.next_for_job(_load(file), name, start, count)
         else:
@@ -403,6 +405,8 @@ def validate(
     """
     def body() -> None:
         jobs = _load(jobs_file)
+        for warning in jobs.warnings:
+            sys.stderr.write(f"warning: {warning}\n")
         sys.stdout.write(f"{jobs.source}: OK, {len(jobs.jobs)} job{'s' if len(jobs.jobs) != 1 else ''}\n")
 
     _guard(body)

@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +21,7 @@ import yaml
 from cronpy.durations import parse_duration
 from cronpy.errors import ConfigError, Problem, UsageError
 from cronpy.models import At, Backoff, Cron, JobSet, JobSpec, Overlap, Schedule
-from cronpy.schedule import ever_fires, parse_schedule, zone
+from cronpy.schedule import ever_fires, fires_in_zone, parse_schedule, shortest_gap, wall_time, zone
 from cronpy.paths import is_postgres_url
 
 TOP_KEYS = {"timezone", "state_dir", "store", "leader_lease", "max_concurrent", "history_retention", "shutdown_grace",
@@ -42,6 +42,7 @@ class _Doc:
 
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  #: valid, but probably not what was meant
 
     def line(self, *path: Any) -> int | None:
         while path:
@@ -150,9 +151,15 @@ class _Checker:
         self.doc = doc
         self.base_dir = base_dir
         self.now = now
+        # Where "never fires in this zone" and "the shortest gap" are judged from; without a
+        # clock (config never reads it), a fixed date keeps the answer reproducible.
+        self.reference = now if now is not None else datetime(2000, 1, 1, tzinfo=timezone.utc)
 
     def err(self, path: tuple[Any, ...], message: str) -> None:
         self.doc.error(path, message)
+
+    def warn(self, path: tuple[Any, ...], message: str) -> None:
+        self.doc.warnings.append(Problem(self.doc.line(*path), ".".join(str(p) for p in path), message))
 
     def unknown_keys(self, mapping: Mapping[str, Any], known: set[str], path: tuple[Any, ...], what: str) -> None:
         for key in mapping:
@@ -310,6 +317,11 @@ class _Checker:
                     if isinstance(schedule, Cron) and not ever_fires(schedule.expr, name):
                         ok = False
                         self.err(path + ("schedule",), f"{str(s)!r} never fires (no date matches it)")
+                    elif isinstance(schedule, Cron) and not fires_in_zone(schedule.expr, name, tz, self.reference):
+                        # A wildcard job whose every time is skipped by the clocks going forward.
+                        ok = False
+                        self.err(path + ("schedule",), f"{str(s)!r} never fires in {tz}: every time it names "
+                                 "falls in a skipped daylight-saving hour")
                 except ValueError as exc:
                     ok = False
                     self.err(path + ("schedule",), str(exc))
@@ -377,6 +389,14 @@ class _Checker:
                 after = tuple(raw_after)
             else:
                 self.err(path + ("after",), "expected a job name or a list of job names")
+        if jitter and schedule is not None and ok:
+            # The runner delays each run by up to `jitter`; a delay that reaches the next run
+            # makes the two collide and one is dropped (every minute with 5m ran 21 times an hour).
+            gap = shortest_gap(schedule, tz, name, self.reference)
+            if gap is not None and jitter >= gap:
+                self.err(where("jitter"), f"{merged['jitter']} is not shorter than the shortest gap between two "
+                         f"runs ({_whole(gap)}): runs would be dropped")
+                return None
         if not ok or None in (kill_grace, retries, backoff, priority, jitter):
             return None
         assert kill_grace is not None and retries is not None and backoff is not None
@@ -456,11 +476,22 @@ class _Checker:
             self.err(path, f"expected an ISO 8601 time, got {_describe(raw)}")
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=zone(tz))
+            # A wall-clock time means what it would for a fixed-time cron job: in a skipped
+            # hour it runs at the change, in a repeated hour in the first pass (cron(8)).
+            when, note = wall_time(when, zone(tz))
+            if note:
+                self.warn(path, note)
         if self.now is not None and when <= self.now and not catch_up:
             self.err(path, f"{when.isoformat()} is in the past (set `catch_up: true` to run it once anyway)")
             return None
         return At(when=when, text=str(raw))
+
+
+def _whole(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -496,6 +527,7 @@ def parse_jobs(text: str, source: str = "<string>", *, base_dir: Path | None = N
         jobs=jobset.jobs, source=src, timezone=jobset.timezone, state_dir=jobset.state_dir,
         max_concurrent=jobset.max_concurrent, history_retention=jobset.history_retention,
         shutdown_grace=jobset.shutdown_grace, store=jobset.store, leader_lease=jobset.leader_lease,
+        warnings=tuple(w.format(source) for w in sorted(doc.warnings, key=lambda w: (w.line or 0, w.key))),
     )
 
 

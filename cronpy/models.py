@@ -136,6 +136,8 @@ class JobSet:
     shutdown_grace: float = 30.0
     store: str | None = None  #: a postgresql:// URL shared by a fleet; None: SQLite in the state dir
     leader_lease: float = 10.0  #: seconds a fleet leader's lease lasts unless renewed
+    #: "file:line: key: message" for what is valid but probably not meant (`cronpy validate` prints them)
+    warnings: tuple[str, ...] = ()
 
     @property
     def base_dir(self) -> Path:

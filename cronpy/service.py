@@ -245,6 +245,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     setup_logging(verbose)
     clock = clock or SystemClock()
     jobs = load_jobs(jobs_file, now=clock.now())  # nothing starts unless the whole file is valid
+    for warning in jobs.warnings:
+        log.warning("%s", warning)
     _fd_budget(jobs)
     backend = _open_when_reachable(jobs, state_dir, store)
     if backend is None:  # stopped while the store was unreachable
@@ -507,7 +509,9 @@ def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[
     return _next(spec, start, count)
 
 
-def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
+def next_for_expr(expr: str, tz: str, start: datetime, count: int,
+                  name: str = "expr") -> tuple[list[datetime], str | None]:
+    """`cronpy next --expr`: `name` is the job name `H` fields hash, as in a jobs file."""
     from cronpy.errors import UsageError
     from cronpy.schedule import zone
 
@@ -516,7 +520,7 @@ def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list
         sched = parse_schedule(expr)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return _next(JobSpec(name="expr", schedule=sched, timezone=tz), start, count)
+    return _next(JobSpec(name=name, schedule=sched, timezone=tz), start, count)
 
 
 def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], str | None]:
