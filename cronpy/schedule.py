@@ -85,7 +85,8 @@ def parse_schedule(text: str) -> Cron | Every:
         return Every(seconds=seconds, text=s)
     if s.startswith("@"):
         if s.lower() == "@reboot":
-            raise ValueError("@reboot is not a schedule here: use `run_on_start: true`")
+            raise ValueError("@reboot is not a schedule here: use `run_on_boot: true` (once per boot) "
+                             "or `run_on_start: true` (every runner start)")
         expr = PRESETS.get(s.lower())
         if expr is None:
             raise ValueError(f"unknown preset {s!r} (known: {', '.join(sorted(PRESETS))})")
