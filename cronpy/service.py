@@ -31,11 +31,13 @@ from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy import outputs
-from cronpy.models import DEFAULT_OUTPUT_MAX, At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
+from cronpy.models import DEFAULT_OUTPUT_MAX, JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
 from cronpy.stateguard import StateGuard
 from cronpy.store import JobLocks, Leadership, Store, open_store
+# Re-exported: `list` and `next` call service.describe; the web imports cronpy.words directly.
+from cronpy.words import describe
 
 log = logging.getLogger("cronpy")
 _print_lock = threading.Lock()
@@ -582,32 +584,6 @@ def last_runs(jobs: JobSet, state_dir: Path | None, store: str | None = None) ->
             return dict(h.last_runs())
     except CronpyError:
         return {}
-
-
-def describe(sched: Schedule | None) -> str | None:
-    """The schedule in words ("At 03:00, Monday through Friday"), or None if it cannot say."""
-    if sched is None:
-        return None
-    if isinstance(sched, Every):
-        return f"Every {_whole(sched.seconds)}"
-    if isinstance(sched, At):
-        return f"Once, at {sched.when.isoformat(timespec='minutes')}"
-    from cron_descriptor import ExpressionDescriptor, Options  # deferred: ~70 ms to import
-
-    options = Options()
-    options.use_24hour_time_format = True
-    options.verbose = False
-    try:
-        return str(ExpressionDescriptor(sched.expr, options).get_description())
-    except Exception:  # cron-descriptor knows no `H`; the expression speaks for itself then
-        return None
-
-
-def _whole(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
