@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
 if TYPE_CHECKING:
+    from cronpy.models import RunRecord
     from cronpy.store import Store
 
 log = logging.getLogger("cronpy")
@@ -118,14 +119,14 @@ class RunOutput:
             trim_job(self.state_dir, self.job, max_total)
 
 
-def _kept_files(job_dir: Path) -> list[tuple[float, int, Path]]:
+def _kept_files(job_dir: Path, suffix: str = ".log.gz") -> list[tuple[float, int, Path]]:
     out = []
     try:
         entries = list(os.scandir(job_dir))
     except OSError:
         return []
     for e in entries:
-        if e.name.endswith(".log.gz"):
+        if e.name.endswith(suffix):
             try:
                 st = e.stat()
             except OSError:
@@ -159,7 +160,9 @@ def prune(state_dir: Path, older_than: float, caps: dict[str, int], default_cap:
     except OSError:
         return 0
     for job in jobs:
-        for mtime, _, path in _kept_files(root / job):
+        # A live file older than the retention was left by a runner killed mid-run (a running
+        # job's file is written to, or removed, when the run ends).
+        for mtime, _, path in _kept_files(root / job) + _kept_files(root / job, ".log"):
             if mtime < older_than:
                 try:
                     path.unlink()
@@ -275,6 +278,27 @@ class BootMarks:
                 # Better twice than never: cron's @reboot runs even when /var is read-only.
                 log.error("%s: cannot record its boot run in %s: %s", job, self.path, exc)
             return True
+
+
+TAIL_BYTES = 64 * 1024  # as much as the history keeps of a finished run
+
+
+def with_live_output(rec: "RunRecord", state_dir: Path) -> "RunRecord":
+    """A running run with the tail of what it has printed so far (`cronpy show`), from its live file."""
+    import dataclasses
+
+    live, _ = run_paths(state_dir, rec.job, rec.id)
+    try:
+        with open(live, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(max(0, size - TAIL_BYTES))
+            data = fh.read(TAIL_BYTES)
+    except OSError:
+        return rec
+    text = data.decode("utf-8", errors="replace")
+    if size > TAIL_BYTES:
+        text = f"[... {size - TAIL_BYTES} earlier bytes: `cronpy logs {rec.id}` ...]\n" + text
+    return dataclasses.replace(rec, output=text)
 
 
 def show_logs(store: "Store", state_dir: Path, target: str, *, follow_run: bool,

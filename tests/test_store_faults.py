@@ -192,14 +192,14 @@ def test_a_dead_hosts_running_run_is_recovered_by_the_leader_without_a_restart(p
 
 
 def test_every_reading_command_exits_69_on_an_unreadable_sqlite_history(jobs_file, tmp_path: Path) -> None:
+    # Unopenable, not damaged (a damaged file exits 2 and names `cronpy recover`).
     state = tmp_path / "state"
-    state.mkdir()
-    (state / "history.db").write_bytes(b"this is not a database, it was overwritten" * 100)
+    (state / "history.db").mkdir(parents=True)
     path = jobs_file(f"state_dir: {state}\njobs:\n  a: {{schedule: '@daily', command: 'true'}}\n")
     for args in (["list", "--json"], ["history"], ["stats"], ["show", "1"], ["status"], ["pause", "a"]):
         out = cronpy(*args, "-f", str(path))
         assert out.returncode == 69, (args, out.returncode, out.stdout, out.stderr)
-        assert "history.db" in out.stderr and "not a database" in out.stderr, (args, out.stderr)
+        assert out.stderr.startswith("Error: history database ") and "history.db: " in out.stderr, (args, out.stderr)
         assert '"paused": false' not in out.stdout
 
 

@@ -19,22 +19,25 @@ __all__ = ["HOST", "Backend", "Capabilities", "Health", "JobLock", "JobLocks", "
            "open_backend", "open_store"]
 
 
-def open_store(url: str | None, state_dir: Path, *, readonly: bool = False, lease: float = 10.0) -> Store:
+def open_store(url: str | None, state_dir: Path, *, readonly: bool = False, lease: float = 10.0,
+               skew: tuple[float, float] | None = None) -> Store:
     """The store named by `url` (PostgreSQL), else the SQLite history of `state_dir`.
 
     Raises NoHistory (read-only, nothing has run yet), StoreTooNew (a newer cronpy's schema:
     nothing is changed), StoreUnavailable/StoreUnreachable (it cannot be opened or reached).
     """
-    return open_backend(url, state_dir, readonly=readonly, lease=lease).store
+    return open_backend(url, state_dir, readonly=readonly, lease=lease, skew=skew).store
 
 
-def open_backend(url: str | None, state_dir: Path, *, readonly: bool = False, lease: float = 10.0) -> Backend:
+def open_backend(url: str | None, state_dir: Path, *, readonly: bool = False, lease: float = 10.0,
+                 skew: tuple[float, float] | None = None) -> Backend:
     """The store with its job locks and leadership: PostgreSQL rows for a URL, else SQLite
-    with flock locks in the state dir."""
+    with flock locks in the state dir. `skew`: a fleet's (clock_skew_warning,
+    clock_skew_limit) in seconds."""
     if url:
         from cronpy.store.postgres import PgStore
 
-        pg = PgStore(url, lease=lease, readonly=readonly)
+        pg = PgStore(url, lease=lease, readonly=readonly, skew=skew)
         return Backend(pg, pg.locks, pg.leadership)
     from cronpy.locks import Locks
     from cronpy.store.sqlite import SqliteStore

@@ -46,11 +46,17 @@ class Lease:
         self._renewed = 0.0  # time.monotonic() when the last successful renewal was sent
         self._loss = ""
         self.on_lost: Callable[[], None] | None = None  # called (keeper thread) when the lease is lost
+        #: why the last try_acquire refused to lead although it could have (clock skew)
+        self.refused: str | None = None
         self.poll_interval = min(0.25, store.lease / 8)
 
     def try_acquire(self) -> bool:
         s, sent = self.store, time.monotonic()
         with s._db.use() as cur:
+            s.skew.measure(cur)
+            self.refused = s.skew.refusal()
+            if self.refused is not None:
+                return False
             # Free when expired by the database's clock, or still ours (a runner that stepped
             # down on its own clock may start a new term at once). Either way a new epoch.
             cur.execute(
@@ -69,6 +75,14 @@ class Lease:
     def renew_on(self, cur: Any) -> None:
         """Extend the lease (keeper thread); lose it if another runner took it over."""
         epoch, sent, s = self.epoch, time.monotonic(), self.store
+        s.skew.measure(cur)
+        refusal = s.skew.refusal()
+        if epoch is not None and refusal is not None:
+            # A leader whose clock drifted past the limit hands the lease back now.
+            cur.execute("UPDATE cronpy.leader SET expires_at = clock_timestamp()"
+                        " WHERE id = 1 AND epoch = %s AND holder = %s", (epoch, s.holder_id))
+            self.lose(epoch, refusal)
+            return
         if epoch is None:
             return
         cur.execute(f"UPDATE cronpy.leader SET expires_at = {_EXPIRES}"

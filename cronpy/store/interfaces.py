@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 
 if TYPE_CHECKING:
+    from cronpy.errors import HistoryDamaged
     from cronpy.locks import Holder
 
 #: The host name written into run rows, locks and heartbeats. $CRONPY_HOST overrides it, so
@@ -99,10 +100,12 @@ class Store(Protocol):
         ...
 
     def watch(self, *, on_lost: Callable[[], None] | None = None,
-              on_cancel: Callable[[int], object] | None = None) -> None:
-        """Callbacks from the store's keeper thread: `on_lost` when the leader lease is lost,
-        `on_cancel(run_id)` for each run of this process that `cronpy cancel` asked to stop from
-        another host. A store without a keeper never calls them."""
+              on_cancel: Callable[[int], object] | None = None,
+              on_damaged: Callable[["HistoryDamaged"], object] | None = None) -> None:
+        """Callbacks: `on_lost` (keeper thread) when the leader lease is lost; `on_cancel(run_id)`
+        (keeper thread) for each run of this process that `cronpy cancel` asked to stop from
+        another host; `on_damaged(error)` (the calling thread) once, the first time the store
+        finds its file corrupt (SQLite). A backend calls only those it can have cause for."""
         ...
 
     def health(self) -> Health:
@@ -223,6 +226,20 @@ class Store(Protocol):
     def stats(self, job: str | None = None, *, since: datetime | None = None) -> list[JobStats]:
         """Per-job aggregates over runs started since `since`; p50/p95/max are nearest-rank
         over finished runs (success, failed, timeout), identical on every backend."""
+        ...
+
+    def counts(self) -> dict[str, dict[RunStatus, int]]:
+        """Runs per job and status over all of history (cheaper than stats: no durations)."""
+        ...
+
+    def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
+        """(UTC day, finished runs, failures and timeouts) of a job since `since`, oldest first;
+        skipped and interrupted runs are not counted, as in success rates."""
+        ...
+
+    def leader(self) -> "Holder | None":
+        """Who holds a shared store's leader lease (None on a store without one: a single host's
+        scheduler lock is a file in its state dir)."""
         ...
 
     def fleet(self) -> list[dict[str, Any]] | None:

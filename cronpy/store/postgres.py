@@ -19,7 +19,9 @@ from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from cronpy.errors import HistoryError, NoHistory, NotLeader, StoreTooNew, StoreUnreachable
+from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, NotLeader, StoreTooNew, StoreUnreachable
+from cronpy.locks import Holder
+from cronpy.skew import ClockSkew
 from cronpy.store.interfaces import HOST, Capabilities, Health, NewRun, Store, implements
 from cronpy.store.migrations import POSTGRES as MIGRATIONS
 from cronpy.store.retry import CLAIM, GaveUp
@@ -66,6 +68,7 @@ class Conn:
         self._backoff = 0.2
         self.lost_since: float | None = None  # time.time() of the first failure, for status
         self.last_error = ""
+        self.on_connect: Callable[[Any], None] | None = None  # called with each new connection
 
     def get(self) -> Any:
         """The live connection, connecting if needed; StoreUnreachable while backing off."""
@@ -84,6 +87,11 @@ class Conn:
             log.warning("store %s: connected again after %.1fs", self.location, time.time() - self.lost_since)
         self.lost_since = None
         self._backoff = 0.2
+        if self.on_connect is not None:
+            try:
+                self.on_connect(self._conn)
+            except psycopg.Error:
+                pass  # the caller's own statement on this connection will report the trouble
         return self._conn
 
     def _failed(self, exc: BaseException) -> None:
@@ -134,7 +142,8 @@ class PgStore(SqlStore):
     fenced = True
     lease: float
 
-    def __init__(self, url: str, *, lease: float = 10.0, readonly: bool = False, role: str = "client") -> None:
+    def __init__(self, url: str, *, lease: float = 10.0, readonly: bool = False, role: str = "client",
+                 skew: tuple[float, float] | None = None) -> None:
         if psycopg is None:
             raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy[postgres]'")
         from cronpy.store.fleet import Fleet
@@ -151,6 +160,8 @@ class PgStore(SqlStore):
                        f" -c idle_in_transaction_session_timeout={max(500, int(self.lease * 500))}"
                        f" -c statement_timeout={max(10000, int(self.lease * 1000))}",
         }
+        #: this host's clock against the server's, measured at each connect and lease renewal
+        self.skew = ClockSkew(self.location, *skew) if skew else ClockSkew(self.location)
         self._db = self.conn()
         self._prune_conn: Conn | None = None
         self.holder_id = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -164,8 +175,14 @@ class PgStore(SqlStore):
             raise
 
     def conn(self) -> Conn:
-        """A new reconnecting connection to this store's database."""
-        return Conn(self.url, self.location, self.options)
+        """A new reconnecting connection to this store's database (measuring the clock skew)."""
+        c = Conn(self.url, self.location, self.options)
+        c.on_connect = self._measure_skew
+        return c
+
+    def _measure_skew(self, conn: Any) -> None:
+        with conn.cursor() as cur:
+            self.skew.measure(cur)
 
     def _migrate(self) -> None:
         with self._db.use(transaction=True) as cur:
@@ -199,7 +216,8 @@ class PgStore(SqlStore):
         self.coord.heartbeats.register(role)
 
     def watch(self, *, on_lost: Callable[[], None] | None = None,
-              on_cancel: Callable[[int], object] | None = None) -> None:
+              on_cancel: Callable[[int], object] | None = None,
+              on_damaged: Callable[[HistoryDamaged], object] | None = None) -> None:
         self.coord.lease.on_lost = on_lost
         self.coord.cancels.on_cancel = on_cancel
 
@@ -212,6 +230,9 @@ class PgStore(SqlStore):
 
     def fleet(self) -> list[dict[str, Any]] | None:
         return self.coord.heartbeats.fleet()
+
+    def leader(self) -> Holder | None:
+        return self.coord.lease.holder()
 
     # -- the dialect -------------------------------------------------------------------------
 
@@ -237,6 +258,8 @@ class PgStore(SqlStore):
 
     def _from_db(self, value: Any) -> datetime | None:
         return value  # psycopg returns timestamptz as aware datetimes
+
+    _day_sql = "floor(extract(epoch FROM started_at) / 86400)::bigint"
 
     def _claim_extra(self) -> tuple[str, tuple[Any, ...]]:
         return ", epoch", (self.coord.lease.epoch,)

@@ -46,10 +46,12 @@ class RetryPolicy:
 
     def call(self, fn: Callable[[], T], *, retry_on: tuple[type[BaseException], ...] = (CronpyError,),
              on_error: Callable[[int, BaseException], None] | None = None,
-             stop: threading.Event | None = None, deadline: Callable[[], float] | None = None) -> T:
+             stop: threading.Event | None = None, deadline: Callable[[], float] | None = None,
+             fatal: tuple[type[BaseException], ...] = ()) -> T:
         """fn() until it returns. On an error of `retry_on`: on_error(try, error), wait, again.
-        Raises GaveUp when the tries (and patience) are spent, when `stop` is set, or when the
-        next attempt would start after `deadline()` (a time.monotonic() value)."""
+        Raises GaveUp when the tries (and patience) are spent, when `stop` is set, when the
+        next attempt would start after `deadline()` (a time.monotonic() value), or at once on
+        an error of `fatal` (one that retrying cannot cure, e.g. a corrupt file)."""
         give_up_after = time.monotonic() + self.patience
         waits = self.delays()
         attempt = 0
@@ -60,7 +62,8 @@ class RetryPolicy:
                 attempt += 1
                 if on_error is not None:
                     on_error(attempt, exc)
-                spent = self.tries is not None and attempt >= self.tries and time.monotonic() >= give_up_after
+                spent = (isinstance(exc, fatal)
+                         or self.tries is not None and attempt >= self.tries and time.monotonic() >= give_up_after)
                 delay = next(waits)
                 if spent or (deadline is not None and time.monotonic() + delay > deadline()):
                     raise GaveUp(exc, attempt) from None

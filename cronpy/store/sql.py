@@ -17,12 +17,16 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from cronpy.errors import RunNotFound
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 from cronpy.store.interfaces import CLAIMED_TRIGGERS, HOST, Capabilities, Health, NewRun, Store, implements
+
+if TYPE_CHECKING:
+    from cronpy.errors import HistoryDamaged
+    from cronpy.locks import Holder
 
 CLAIMED_SQL = ", ".join(f"'{t.value}'" for t in CLAIMED_TRIGGERS)
 CLAIM_WHERE = f"attempt = 1 AND trigger IN ({CLAIMED_SQL})"
@@ -141,8 +145,9 @@ class SqlStore:
         """Nothing to do on one host: liveness is the runner's pid (see mark_dead_runs)."""
 
     def watch(self, *, on_lost: Callable[[], None] | None = None,
-              on_cancel: Callable[[int], object] | None = None) -> None:
-        """No keeper on one host: the runner sees cancel requests itself (cancel_requested)."""
+              on_cancel: Callable[[int], object] | None = None,
+              on_damaged: Callable[["HistoryDamaged"], object] | None = None) -> None:
+        """Only what a dialect can have cause for (SQLite: on_damaged; PostgreSQL: the keeper's)."""
 
     def health(self) -> Health:
         return Health()
@@ -151,6 +156,9 @@ class SqlStore:
         return False
 
     def fleet(self) -> list[dict[str, Any]] | None:
+        return None
+
+    def leader(self) -> "Holder | None":
         return None
 
     def _record(self, r: Sequence[Any]) -> RunRecord:
@@ -353,6 +361,22 @@ class SqlStore:
         rows = self._read(f"SELECT status, duration FROM runs {self._indexed_by('runs_job_id')} WHERE job = ?"
                           " ORDER BY id DESC LIMIT ?", (job, count))
         return [(RunStatus(st), d) for st, d in reversed(rows)]
+
+    #: The UTC day of `started_at` as whole days since the epoch, in the dialect's SQL.
+    _day_sql = "CAST(started_at / 86400 AS INTEGER)"
+
+    def counts(self) -> dict[str, dict[RunStatus, int]]:
+        out: dict[str, dict[RunStatus, int]] = {}
+        for job, status, n, _, _ in self._totals(None, None):
+            if n:
+                out.setdefault(job, {})[RunStatus(status)] = n
+        return out
+
+    def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
+        rows = self._read(f"SELECT {self._day_sql} AS day, count(*), sum(CASE WHEN status <> 'success' THEN 1 ELSE 0"
+                          f" END) FROM runs WHERE job = ? AND started_at >= ? AND status IN ({FINISHED_SQL})"
+                          " GROUP BY day ORDER BY day", (job, self._to_db(since)))
+        return [(datetime.fromtimestamp(int(day) * 86400, timezone.utc), n, bad) for day, n, bad in rows]
 
     # -- stats -----------------------------------------------------------------------------
 

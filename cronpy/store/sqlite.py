@@ -14,9 +14,9 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from cronpy.errors import NoHistory, StoreTooNew, StoreUnavailable
+from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, StoreTooNew, StoreUnavailable
 from cronpy.store.migrations import SQLITE as MIGRATIONS
 from cronpy.store.retry import GaveUp, RetryPolicy
 from cronpy.store.interfaces import Store, implements
@@ -29,6 +29,17 @@ BUSY_SECONDS = 10.0
 # Switching a new file to WAL needs an exclusive lock and SQLite does not call the busy handler
 # for it: runners starting together on a fresh state dir retry for as long as busy_timeout.
 _WAL_RETRY = RetryPolicy(first=0.005, cap=0.1)
+# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGED = (11, 26)
+
+
+def sqlite_error(path: str, exc: sqlite3.Error) -> HistoryError:
+    """The error for a failed SQLite call: HistoryDamaged when the file is corrupt (retrying
+    cannot help: exit 2, `cronpy recover`), else StoreUnavailable (locked, full, unopenable: 69)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _DAMAGED:
+        return HistoryDamaged(path, str(exc))
+    return StoreUnavailable(path, str(exc))
 
 
 class _Cursor:
@@ -66,6 +77,9 @@ class SqliteStore(SqlStore):
         self.readonly = readonly
         self._lock = threading.RLock()
         self._prune_db: sqlite3.Connection | None = None
+        #: called once with the first HistoryDamaged error (the runner stops on it)
+        self.on_damaged: Callable[[HistoryDamaged], object] | None = None
+        self.damaged: HistoryDamaged | None = None
         if readonly and not path.exists():
             raise NoHistory(str(path), "no history yet (nothing has run with this state dir)")
         try:
@@ -78,7 +92,7 @@ class SqliteStore(SqlStore):
             if not readonly:
                 self._setup()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(str(path), str(exc)) from None
+            raise sqlite_error(str(path), exc) from None
 
     @classmethod
     def open(cls, state_dir: Path, *, readonly: bool = False) -> "SqliteStore":
@@ -138,7 +152,7 @@ class SqliteStore(SqlStore):
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(self.location, str(exc)) from None
+            raise self._failed(exc) from None
 
     @contextmanager
     def _tx(self) -> Iterator[_Cursor]:
@@ -165,7 +179,21 @@ class SqliteStore(SqlStore):
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StoreUnavailable(self.location, str(exc)) from None
+                raise self._failed(exc) from None
+
+    def _failed(self, exc: sqlite3.Error) -> HistoryError:
+        err = sqlite_error(self.location, exc)
+        if isinstance(err, HistoryDamaged) and self.damaged is None:
+            self.damaged = err
+            if self.on_damaged is not None:
+                self.on_damaged(err)
+        return err
+
+    def watch(self, *, on_lost: Callable[[], None] | None = None,
+              on_cancel: Callable[[int], object] | None = None,
+              on_damaged: Callable[[HistoryDamaged], object] | None = None) -> None:
+        """Only on_damaged: one host has no lease to lose, and sees cancel requests itself."""
+        self.on_damaged = on_damaged
 
     def _to_db(self, dt: datetime | None) -> float | None:
         return dt.timestamp() if dt is not None else None
