@@ -289,7 +289,7 @@ def damaged_history(state: Path, runs: int = 2000) -> int:
     """A real history of `runs` runs, then random bytes over 4 of its pages; returns its size in pages."""
     import random
 
-    from cronpy.history import History
+    from cronpy.store.sqlite import SqliteStore as History
     from cronpy.models import RunStatus, Trigger
 
     History.open(state).close()  # cronpy's own schema, indexes and triggers

@@ -62,7 +62,7 @@ def test_failures_by_day_count_finished_runs_per_utc_day(history_db: Store) -> N
 
 
 def test_the_dashboard_reads_a_fleet_store_leader_and_heartbeats(pg_url: str, tmp_path: Path) -> None:
-    from cronpy.pgstore import PgStore
+    from cronpy.store.postgres import PgStore
     from cronpy.web.app import status_json
     from cronpy.web.data import Dashboard
 
@@ -70,7 +70,7 @@ def test_the_dashboard_reads_a_fleet_store_leader_and_heartbeats(pg_url: str, tm
     jobs.write_text(f"store: {pg_url}\njobs:\n  ping: {{schedule: 1m, command: 'true'}}\n")
     leader = PgStore(pg_url, lease=30)
     try:
-        assert leader.try_acquire()
+        assert leader.leadership.try_acquire()
         leader.register_runner("run")
         add(leader, "ping", RunStatus.FAILED, datetime.now(UTC) - timedelta(minutes=1))
         dash = Dashboard(str(jobs), str(tmp_path / "state"), None)
