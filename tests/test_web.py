@@ -238,13 +238,14 @@ def test_user_data_is_shown_as_text_and_never_runs(tmp_path: Path, web: Callable
 
 
 @contextmanager
-def held_run(tmp_path: Path, name: str, finish: str) -> Iterator[tuple[Path, Path, subprocess.Popen[bytes]]]:
-    """Job `name` started by a real `cronpy trigger`; it runs until the test creates the file
-    `go`, then runs `finish` (shell)."""
+def held_run(tmp_path: Path, name: str, finish: str, start: str = "") -> Iterator[
+        tuple[Path, Path, subprocess.Popen[bytes]]]:
+    """Job `name` started by a real `cronpy trigger`: it runs `start`, then waits until the test
+    creates the file `go`, then runs `finish` (shell)."""
     go = tmp_path / "go"
     jobs = write_jobs(tmp_path, f"""\
   {name}:
-    command: "for i in $(seq 1 3000); do [ -e '{go}' ] && {finish}; sleep 0.02; done; exit 1"
+    command: "{start} for i in $(seq 1 3000); do [ -e '{go}' ] && {finish}; sleep 0.02; done; exit 1"
 """)
     proc = subprocess.Popen([sys.executable, "-m", "cronpy", "trigger", name, "-f", str(jobs)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -261,12 +262,15 @@ def started(w: Web, name: str) -> int:
 
 
 def test_a_running_run_updates_without_a_reload(tmp_path: Path, web: Callable[..., Web], tab: Tab) -> None:
-    with held_run(tmp_path, "slow", "echo done && exit 0") as (jobs, go, proc):
+    with held_run(tmp_path, "slow", "echo done && exit 0", start="echo working on it;") as (jobs, go, proc):
         w = web(jobs)
         rid = started(w, "slow")
         tab.page.goto(f"{w.url}/runs/{rid}")
-        assert tab.page.inner_text("#run-status") == "running"
         tab.page.evaluate("window.__sameDocument = true")
+        assert tab.page.inner_text("#run-status") == "running"
+        # What it has printed so far shows while it runs (from its live output file).
+        expect(tab.page.locator("#output")).to_contain_text("working on it", timeout=10_000)
+        assert tab.page.inner_text("#run-status") == "running"
         go.touch()
         expect(tab.page.locator("#run-status")).to_have_text("success", timeout=10_000)
         assert tab.page.evaluate("window.__sameDocument") is True  # updated in place, not reloaded
@@ -289,6 +293,27 @@ def test_a_failing_job_appears_on_now_within_two_seconds(tmp_path: Path, web: Ca
         assert time.monotonic() - t0 < 2.0  # from the job's failure (its gate) to the row on the page
         assert tab.page.evaluate("window.__sameDocument") is True
         assert "Nothing is running" in tab.page.inner_text("#running")
+    assert tab.errors == []
+
+
+def test_a_kept_output_is_shown_whole(tmp_path: Path, web: Callable[..., Web], tab: Tab) -> None:
+    jobs = write_jobs(tmp_path, """\
+  big:
+    command: seq 1 40000
+    output: keep
+""")
+    trigger(jobs, "big")  # 229 KB printed: the history keeps only its last 64 KiB
+    w = web(jobs)
+    rid = run_id(w, "big")
+    assert w.json(f"/api/runs/{rid}")["output"].split()[0] != "1"  # the API is `show --json`: the tail
+    tab.page.goto(f"{w.url}/runs/{rid}")
+    text = tab.page.inner_text("#output")
+    assert text.startswith("1\n2\n3\n") and text.rstrip().endswith("40000")
+    assert "the whole output" in tab.page.inner_text("main")
+    status, headers, body = w.get(f"/runs/{rid}/output")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert body == "".join(f"{i}\n" for i in range(1, 40001))
     assert tab.errors == []
 
 
