@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -89,26 +90,36 @@ def web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
     started: list[subprocess.Popen[str]] = []
 
     def start(jobs: Path, *args: str, env: dict[str, str] | None = None) -> Web:
-        port = free_port()
         full_env = {k: v for k, v in os.environ.items() if k not in ("CRONPY_STATE_DIR", "CRONPY_FILE")}
         full_env.update(env or {})
-        proc = subprocess.Popen([sys.executable, "-m", "cronpy", "web", "-f", str(jobs), "--port", str(port), *args],
-                                env=full_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        log = tmp_path / f"web-{len(started)}.log"
+        with open(log, "w") as err:  # a file, not a pipe nobody reads: the server never blocks on it
+            proc = subprocess.Popen([sys.executable, "-m", "cronpy", "web", "-f", str(jobs), "--port", "0", *args],
+                                    env=full_env, text=True, stdout=subprocess.DEVNULL, stderr=err)
         started.append(proc)
-        w = Web(proc, f"http://127.0.0.1:{port}")
+
+        def url() -> str | None:  # "cronpy web: http://127.0.0.1:PORT/ (…)", once it listens
+            assert proc.poll() is None, log.read_text()
+            first = log.read_text().split("\n", 1)
+            return first[0].split()[2].rstrip("/") if len(first) > 1 and first[0].startswith("cronpy web:") else None
+
+        assert wait_for(lambda: url() is not None, 20), "cronpy web did not start"
+        w = Web(proc, url() or "")
 
         def up() -> bool:
-            assert proc.poll() is None, proc.communicate()[1]
             try:
                 return w.get("/healthz")[0] in (200, 503)
             except OSError:
                 return False
 
-        assert wait_for(up, 20), "cronpy web did not start"
+        assert wait_for(up, 20), "cronpy web does not answer"
         return w
 
     yield start
-    stop(*started)  # type: ignore[arg-type]
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0  # a clean stop, like every cronpy command
 
 
 @pytest.fixture(scope="module")
@@ -344,6 +355,40 @@ def test_a_non_loopback_bind_without_a_token_is_refused(tmp_path: Path) -> None:
     assert "--token" in r.stderr and "loopback" in r.stderr
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing was listening
+
+
+def test_a_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path, BASIC)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = cronpy("web", "-f", str(jobs), "--port", str(taken.getsockname()[1]), timeout=30)
+    assert r.returncode == 2
+    assert "cannot listen on 127.0.0.1 port" in r.stderr and "in use" in r.stderr
+
+
+def test_the_pages_work_without_javascript(tmp_path: Path, web: Callable[..., Web], browser: Any) -> None:
+    jobs = write_jobs(tmp_path, BASIC)
+    trigger(jobs, "broken")
+    w = web(jobs)
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(w.url + "/")
+        names = lambda: page.locator("td.job > a").all_inner_texts()  # noqa: E731
+        assert names() == ["broken", "idle", "ok"]
+        page.click("th a:text('Job')")  # sorted by name already: the link turns the order
+        assert names() == ["ok", "idle", "broken"]
+        page.fill("input[name=q]", "o")
+        page.select_option("select[name=status]", "failed")
+        page.click("form.filters button")
+        assert names() == ["broken"]
+        page.click("td.job > a")
+        page.select_option("#history select[name=status]", "success")
+        page.click("#history button")
+        assert "No runs." in page.inner_text("#history")
+    finally:
+        context.close()
 
 
 def test_requests_without_the_token_get_401(tmp_path: Path, web: Callable[..., Web]) -> None:
