@@ -283,7 +283,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
             raise HTTPException(404, f"no job named {name!r} in the jobs file or the history") from None
         hist = dash.history(name, status=status, since=since, before=before)
         chart = charts.durations_chart(dash.chart_runs(name), _short)
-        days = [(d, n, bad, charts.rate_bar(bad, n)) for d, n, bad in dash.daily(name)]
+        daily = dash.daily(name)
+        days = [(d, n, bad, charts.rate_bar(bad, n)) for d, n, bad in daily]
 
         def hist_url(**change: Any) -> str:
             params = {"status": status.value if status else "", "since": window, "before": ""}
@@ -294,7 +295,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         return page(request, "job.html", name=name, spec=spec, stats=stats, paused=paused, instants=instants,
                     words=dash.words(spec) if spec else None, hist=hist, status=status.value if status else "",
                     window=window, windows=WINDOWS, statuses=[s.value for s in RunStatus], before=before,
-                    hist_url=hist_url, chart=chart, days=days, live=LIVE_SLOW)
+                    hist_url=hist_url, chart=chart, days=days, daily_chart=charts.daily_chart(daily),
+                    live=LIVE_SLOW)
 
     def run_page(request: Request) -> Response:
         run = _run(dash, request.path_params["run_id"])
