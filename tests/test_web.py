@@ -501,3 +501,25 @@ def test_the_web_layer_imports_neither_the_runner_nor_the_service() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_on_a_fleet_store_now_names_the_leader_and_its_epoch(tmp_path: Path, web: Callable[..., Web],
+                                                              pg_url: str, tab: Tab) -> None:
+    from cronpy.pgstore import PgStore
+
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"store: {pg_url}\nstate_dir: state\njobs:\n  ping: {{schedule: 1m, command: 'true'}}\n")
+    leader = PgStore(pg_url, lease=30)
+    try:
+        assert leader.try_acquire()
+        leader.register_runner("run")
+        w = web(jobs)
+        status = w.json("/api/status")
+        assert status["scheduler"]["pid"] == os.getpid() and status["scheduler"]["epoch"] >= 1
+        assert [f["pid"] for f in status["store"]["fleet"]] == [os.getpid()]
+        tab.page.goto(w.url + "/now")
+        assert f"epoch {status['scheduler']['epoch']}" in tab.page.inner_text("main")
+        assert "lease until" in tab.page.inner_text("main")
+        assert tab.errors == []
+    finally:
+        leader.close()
