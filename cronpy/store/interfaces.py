@@ -105,7 +105,8 @@ class Store(Protocol):
         """Callbacks: `on_lost` (keeper thread) when the leader lease is lost; `on_cancel(run_id)`
         (keeper thread) for each run of this process that `cronpy cancel` asked to stop from
         another host; `on_damaged(error)` (the calling thread) once, the first time the store
-        finds its file corrupt (SQLite). A backend calls only those it can have cause for."""
+        finds its file corrupt (SQLite). A backend calls only those it can have cause for. Each
+        callback given replaces the previous one of its kind; one not given is left as it was."""
         ...
 
     def health(self) -> Health:

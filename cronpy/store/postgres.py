@@ -218,8 +218,10 @@ class PgStore(SqlStore):
     def watch(self, *, on_lost: Callable[[], None] | None = None,
               on_cancel: Callable[[int], object] | None = None,
               on_damaged: Callable[[HistoryDamaged], object] | None = None) -> None:
-        self.coord.lease.on_lost = on_lost
-        self.coord.cancels.on_cancel = on_cancel
+        if on_lost is not None:
+            self.coord.lease.on_lost = on_lost
+        if on_cancel is not None:
+            self.coord.cancels.on_cancel = on_cancel
 
     def health(self) -> Health:
         lost = [t for t in (self._db.lost_since, self.coord.keeper_conn.lost_since) if t is not None]

@@ -17,7 +17,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from cronpy.errors import RunNotFound
@@ -373,9 +373,18 @@ class SqlStore:
         return out
 
     def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
-        rows = self._read(f"SELECT {self._day_sql} AS day, count(*), sum(CASE WHEN status <> 'success' THEN 1 ELSE 0"
-                          f" END) FROM runs WHERE job = ? AND started_at >= ? AND status IN ({FINISHED_SQL})"
-                          " GROUP BY day ORDER BY day", (job, self._to_db(since)))
+        # Walk the job's (job, id) index from the first id of the window on: ids grow with start
+        # times (a row is written when its run starts), so the lowest id among the first runs
+        # started from an hour before `since` bounds them with room to spare. Filtering the
+        # job's whole history by started_at instead read every run it ever had: 211 ms against
+        # 0.6 ms for a job of the 1,000,000-row SQLite benchmark (bench/web.py).
+        rows = self._read(
+            f"SELECT {self._day_sql} AS day, count(*), sum(CASE WHEN status <> 'success' THEN 1 ELSE 0 END)"
+            f" FROM runs {self._indexed_by('runs_job_id')} WHERE job = ? AND started_at >= ?"
+            f" AND status IN ({FINISHED_SQL}) AND id >= coalesce((SELECT min(id) FROM runs"
+            f" {self._indexed_by('runs_started')} WHERE started_at = (SELECT min(started_at) FROM runs"
+            " WHERE started_at >= ?)), 9e18) GROUP BY day ORDER BY day",
+            (job, self._to_db(since), self._to_db(since - timedelta(hours=1))))
         return [(datetime.fromtimestamp(int(day) * 86400, timezone.utc), n, bad) for day, n, bad in rows]
 
     # -- stats -----------------------------------------------------------------------------

@@ -193,7 +193,8 @@ class SqliteStore(SqlStore):
               on_cancel: Callable[[int], object] | None = None,
               on_damaged: Callable[[HistoryDamaged], object] | None = None) -> None:
         """Only on_damaged: one host has no lease to lose, and sees cancel requests itself."""
-        self.on_damaged = on_damaged
+        if on_damaged is not None:
+            self.on_damaged = on_damaged
 
     def _to_db(self, dt: datetime | None) -> float | None:
         return dt.timestamp() if dt is not None else None

@@ -51,6 +51,11 @@
         var fresh = doc.getElementById("live");
         var old = document.getElementById("live");
         if (fresh && old) {
+          // Keep what the reader opened (<details>) open across the refresh.
+          var was = old.querySelectorAll("details");
+          fresh.querySelectorAll("details").forEach(function (d, i) {
+            if (was[i] && was[i].open) d.open = true;
+          });
           old.replaceWith(document.adoptNode(fresh));
           document.title = doc.title;
         }
