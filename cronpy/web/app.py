@@ -206,7 +206,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         now = dash.clock.now()
         html = env.get_template(template).render(
             request=request, now=now, rel=lambda dt: _relative(dt, now), config_error=dash.config_error,
-            store_error=dash.store_error, location=dash.location, jobs_file=shown_path(dash.path),
+            store_error=dash.store_error, no_history=dash.no_history, location=dash.location, jobs_file=shown_path(dash.path),
             zone=now.astimezone().tzname(), **ctx)
         return HTMLResponse(html, status_code)
 
@@ -366,7 +366,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         except HistoryError:
             pass
         ok = dash.store_error is None
-        return JSONResponse({"ok": ok, "store": "readable" if ok else "unreadable"}, 200 if ok else 503)
+        state = "empty" if dash.no_history else "readable" if ok else "unreadable"
+        return JSONResponse({"ok": ok, "store": state}, 200 if ok else 503)
 
     async def error(request: Request, exc: Exception) -> Response:
         code = exc.status_code if isinstance(exc, HTTPException) else 503
