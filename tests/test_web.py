@@ -533,13 +533,13 @@ def test_the_web_layer_imports_neither_the_runner_nor_the_service() -> None:
 
 def test_on_a_fleet_store_now_names_the_leader_and_its_epoch(tmp_path: Path, web: Callable[..., Web],
                                                               pg_url: str, tab: Tab) -> None:
-    from cronpy.pgstore import PgStore
+    from cronpy.store.postgres import PgStore
 
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(f"store: {pg_url}\nstate_dir: state\njobs:\n  ping: {{schedule: 1m, command: 'true'}}\n")
     leader = PgStore(pg_url, lease=30)
     try:
-        assert leader.try_acquire()
+        assert leader.leadership.try_acquire()
         leader.register_runner("run")
         w = web(jobs)
         status = w.json("/api/status")
