@@ -505,7 +505,8 @@ def load_jobs(path: str | os.PathLike[str], *, now: datetime | None = None) -> J
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(p), [Problem(None, "", "no such file")]) from None
+        raise ConfigError(str(p), [Problem(None, "", "no such file (name the jobs file with -f FILE or "
+                                                    "$CRONPY_FILE; the default is ./jobs.yaml)")]) from None
     except IsADirectoryError:
         raise ConfigError(str(p), [Problem(None, "", "is a directory, not a jobs file")]) from None
     except (OSError, UnicodeDecodeError) as exc:

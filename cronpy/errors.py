@@ -80,6 +80,11 @@ class HistoryError(CronpyError):
         super().__init__(f"history database {path}: {reason}")
 
 
+class NoHistory(HistoryError):
+    """Raised when a history is opened read-only before anything was recorded in it (no
+    database file yet, or no tables in the fleet's database). The CLI shows an empty answer."""
+
+
 class StoreUnreachable(HistoryError):
     """Raised when a fleet store's database cannot be reached: a connection failed or was lost.
     Unlike other history errors it passes: a runner waits and tries again."""

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader, RunNotFound, StoreUnreachable
+from cronpy.errors import CronpyError, HistoryError, LockHeld, NoHistory, NotLeader, RunNotFound, StoreUnreachable
 from cronpy.history import CLAIMED_TRIGGERS, COLUMNS, HOST, NewRun, result_json, run_filters, run_record
 from cronpy.locks import Holder
 from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
@@ -286,7 +286,7 @@ class PgStore:
         with self._db.use() as cur:
             cur.execute("SELECT to_regclass('cronpy.runs') IS NOT NULL")
             if not cur.fetchone()[0]:
-                raise HistoryError(self.location, "no history yet (no runner has used this database)")
+                raise NoHistory(self.location, "no history yet (no runner has used this database)")
 
     def close(self) -> None:
         self._stop.set()
