@@ -229,7 +229,7 @@ class PgStore:
 
     def __init__(self, url: str, *, lease: float = 10.0, readonly: bool = False, role: str = "client") -> None:
         if psycopg is None:
-            raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy[postgres]'")
+            raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy-runner[postgres]'")
         self.url = url
         self.location = redact(url)
         self.lease = float(lease)

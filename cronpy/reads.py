@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 #: How many of a job's latest attempts `stats` groups into runs (after retries) for the run
 #: figures and health; the attempt figures come from the store's counters over all of history.
-RUN_WINDOW = 1000
+#: 50 keeps `stats` on 50 jobs to ~2,500 rows read (1,000 per job took 1.6 s of CPU).
+RUN_WINDOW = 50
 
 STATUS_HELP = ", ".join(s.value for s in RunStatus)
 

@@ -347,3 +347,58 @@ def test_the_option_table_of_the_fast_path_matches_the_typer_app() -> None:
             assert p.name == o.key, (name, o.names)
         args = [p.name for p in command.params if isinstance(p, TyperArgument)]
         assert args == [a for a, _ in spec.args], name
+
+
+def test_the_unit_as_shipped_passes_systemd_analyze_verify_with_its_documented_path() -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is needed (Debian package systemd)"
+    unit = REPO / "packaging" / "cronpy.service"
+    text = unit.read_text()
+    assert "ExecStart=/opt/cronpy/bin/cronpy run -f /etc/cronpy/jobs.yaml" in text
+    assert "RestartPreventExitStatus=2" in text and "ReadWritePaths=" in text
+    assert "pypi.org/project/cronpy-runner/" in text
+    documented = Path("/opt/cronpy/bin/cronpy")
+    made: list[Path] = []
+    if not documented.exists():
+        if os.geteuid() != 0:
+            pytest.skip("the unit's documented binary /opt/cronpy/bin/cronpy is not installed here")
+        # The README's install puts a virtualenv at /opt/cronpy: stand this one in for it.
+        for d in (Path("/opt/cronpy"), Path("/opt/cronpy/bin")):
+            if not d.exists():
+                d.mkdir()
+                made.append(d)
+        documented.symlink_to(shutil.which("cronpy") or Path(sys.executable).parent / "cronpy")
+        made.append(documented)
+    wd = Path("/etc/cronpy")
+    if not wd.exists() and os.geteuid() == 0:
+        wd.mkdir()
+        made.append(wd)
+    try:
+        result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    finally:
+        for p in reversed(made):
+            p.unlink() if p.is_symlink() else p.rmdir()
+    assert result.returncode == 0 and "cronpy.service" not in result.stderr, result.stderr
+
+
+def test_a_fresh_virtualenv_installs_the_checkout_by_its_distribution_name_with_each_extra(tmp_path: Path) -> None:
+    """`pip install cronpy` is someone else's project: this one is `cronpy-runner` (the command
+    and the import package stay `cronpy`). Wheels come from a local wheelhouse (pip's cache
+    fills it), then each fresh venv installs with --no-index."""
+    house = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house),
+                            f"{REPO}[metrics,postgres]"], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert list(house.glob("cronpy_runner-*.whl")), sorted(p.name for p in house.iterdir())
+    # Both extras in one venv: pip names each extra it does not know, so one install checks both.
+    for extra, module in (("", None), ("metrics,postgres", "prometheus_client, psycopg")):
+        venv = tmp_path / f"venv-{'extras' if extra else 'plain'}"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        spec = f"cronpy-runner[{extra}]" if extra else "cronpy-runner"
+        out = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links", str(house),
+                              spec], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0 and "does not provide the extra" not in out.stderr, out.stderr[-3000:]
+        version = subprocess.run([str(venv / "bin" / "cronpy"), "--version"], capture_output=True, text=True)
+        assert version.returncode == 0 and version.stdout.startswith("cronpy ") and "unknown" not in version.stdout
+        if module:
+            assert subprocess.run([str(venv / "bin" / "python"), "-c", f"import {module}"]).returncode == 0
