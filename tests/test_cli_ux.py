@@ -264,9 +264,11 @@ def test_trigger_spinner_and_log_lines_never_share_a_line(jobs_file) -> None:
     screen, code = on_pty("trigger", "r", "-f", str(path), cols=100)
     assert code == 1
     # Each logged line starts a line of its own: nothing of the spinner before it.
-    for raw in re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)):
-        if "retry 1 of 1" in raw:
-            assert "running," not in raw.split("retry 1 of 1")[0], raw
+    segments = re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen))
+    logged = [seg for seg in segments if re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* (INFO|WARNING)", seg)]
+    assert any("retry 1 of 1" in seg for seg in logged) and any("failed" in seg for seg in logged), screen
+    for seg in logged:
+        assert re.match(r"\d{4}-", seg), seg  # not `⠸ r: running, 0.3s2026-… WARNING …`
 
 
 def test_read_only_commands_and_completion_skip_typer_and_the_service_layer(jobs_file) -> None:
