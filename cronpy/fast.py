@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+
+# typing is not imported at run time (a few ms of the completion budget); mypy reads this.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 # Option value kinds, for parsing and for completion.
 FLAG, FILE, DIR, URL, JOB, STATUS, ZONE, INT, FLOAT, TEXT, SHELL, LOGFMT = (

@@ -8,7 +8,6 @@ Each function takes plain values and returns an exit status; errors are `CronpyE
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -82,6 +81,8 @@ def check_job_name(name: str, known: Sequence[str]) -> None:
     """Raise UsageError (exit 2) with a did-you-mean when `name` is not a known job."""
     if name in known:
         return
+    import difflib
+
     close = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise UsageError(f"unknown job {name!r}{hint}")
@@ -252,23 +253,30 @@ def stats(name: str | None = None, *, since: str | None = None, file: str | None
     from cronpy import render
 
     start = since_time(since)
-    file_names = file_job_names(file)
+    try:  # one parse of the file serves the job names and the next runs
+        jobs: JobSet | None = load(file)
+    except CronpyError:  # a missing or broken file still leaves the history to read
+        jobs = None
+    file_names = list(jobs.jobs) if jobs else file_job_names(file)
     h = open_for_reading(file, state_dir, store)
     items: list[JobHealth] = []
     recent: dict[str, list[tuple[RunStatus, float | None]]] = {}
     try:
         if name is not None:
-            check_job_name(name, _known(file, h))
+            check_job_name(name, list(file_names or []) + (list(h.last_runs()) if h else []))
         counted = {s.job: s for s in (h.stats(name, since=start) if h else [])}
         names = [name] if name else sorted(set(counted) | set(file_names or []))
         for n in names:
             window = h.query(n, since=start, limit=RUN_WINDOW) if h and n in counted else []
             items.append(job_health(n, counted.get(n) or _never_ran(n), window))
             recent[n] = [(r.status, r.duration) for r in reversed(window[:20])]
+        # The store named on the command line or in the file is the one the runner uses too.
+        anchors = h.last_scheduled_many(list(jobs.jobs)) if h and jobs else {}
     finally:
         if h is not None:
             h.close()
-    render.stats(items, next_runs_if_readable(file, state_dir, store), recent, as_json=as_json, wide=wide)
+    render.stats(items, next_runs_for(jobs, state_dir, store, anchors) if jobs else {}, recent, as_json=as_json,
+                 wide=wide)
     return 0
 
 
@@ -309,26 +317,19 @@ def upcoming_of(jobs: JobSet, anchors: dict[str, datetime], now: datetime) -> di
     return out
 
 
-def next_runs_if_readable(file: str | None, state_dir: str | None = None,
-                          store: str | None = None) -> dict[str, datetime | None]:
-    """Next runs for `stats`, which must still work when the jobs file is missing or broken."""
-    try:
-        jobs = load(file)
-    except CronpyError:
-        return {}
-    return next_runs_for(jobs, state_dir, store)
-
-
-def next_runs_for(jobs: JobSet, state_dir: str | None, store: str | None) -> dict[str, datetime | None]:
-    """Each job's next instant, continuing the cadence recorded in the history if readable."""
-    try:
-        h = _reading(jobs, state_dir, store)
-    except CronpyError:
-        h = None
-    anchors: dict[str, datetime] = {}
-    if h is not None:
-        with h:
-            anchors = h.last_scheduled_many(list(jobs.jobs))
+def next_runs_for(jobs: JobSet, state_dir: str | None, store: str | None,
+                  anchors: dict[str, datetime] | None = None) -> dict[str, datetime | None]:
+    """Each job's next instant, continuing the cadence recorded in the history if readable
+    (`anchors`: the last scheduled instants, when the caller has already read them)."""
+    if anchors is None:
+        try:
+            h = _reading(jobs, state_dir, store)
+        except CronpyError:
+            h = None
+        anchors = {}
+        if h is not None:
+            with h:
+                anchors = h.last_scheduled_many(list(jobs.jobs))
     return upcoming_of(jobs, anchors, datetime.now(timezone.utc))
 
 

@@ -404,3 +404,21 @@ def test_a_fresh_virtualenv_installs_the_checkout_by_its_distribution_name_with_
         assert version.returncode == 0 and version.stdout.startswith("cronpy ") and "unknown" not in version.stdout
         if module:
             assert subprocess.run([str(venv / "bin" / "python"), "-c", f"import {module}"]).returncode == 0
+
+
+@pytest.mark.parametrize("text", [
+    "jobs:\n  a: {command: x}\n  b:\n    command: |\n      echo\n    schedule: 1m\n  'c d': {command: y}\n",
+    "timezone: UTC\njobs:\n  # a comment\n  x.y: {command: x}\n\n  z-1:\n    command: z\nstate_dir: s\n",
+    "jobs: {a: {command: x}, b: {command: y}}\n",
+    "jobs:\n  a: &d {command: x}\n  b: *d\n",
+    "---\njobs:\n  a: {command: x}\n",
+    "jobs:\n  ? complex\n  : {command: x}\n",
+    'jobs:\n  "q\\"x": {command: x}\n',
+])
+def test_completion_reads_job_names_as_the_yaml_parser_does(tmp_path: Path, text: str) -> None:
+    from cronpy.completion import job_names
+    from cronpy.paths import job_names as parsed
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text(text)
+    assert job_names(str(path)) == parsed(path)
