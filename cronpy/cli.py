@@ -234,6 +234,48 @@ def show(
 
 
 @app.command()
+def logs(
+    target: Annotated[str, typer.Argument(help="A run id, or a job name (its latest run).",
+                                          autocompletion=_complete_jobs, show_default=False, metavar="NAME|RUN_ID")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="While the run goes, print its output as it comes "
+                                         "(like journalctl -f); exit when it ends.")] = False,
+    # Here -f is --follow, as for tail and journalctl: the jobs file is --file only.
+    file: Annotated[Optional[Path], typer.Option(
+        "--file", help="Jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False,
+        metavar="FILE")] = None,
+    state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Print the output of a run: whole while it runs and when kept (`output: keep`), else the
+    tail the history keeps.
+
+    Example: cronpy logs backup --follow
+    """
+    def body() -> int:
+        from cronpy.outputs import show_logs
+
+        out = sys.stdout.buffer
+
+        def write(data: bytes) -> None:
+            out.write(data)
+            out.flush()
+
+        h = reads.open_for_reading(_str(file), _str(state_dir), store)
+        if h is None:
+            from cronpy.errors import RunNotFound
+
+            if target.isdigit():
+                raise RunNotFound(int(target))
+            reads.check_job_name(target, reads.file_job_names(_str(file)) or [])
+            raise UsageError(f"no run of {target} recorded yet")
+        with h:
+            return show_logs(h, reads.state_dir_for_reading(_str(file), _str(state_dir)), target, follow_run=follow,
+                             write=write, note=_note)
+
+    _guard(body)
+
+
+@app.command()
 def stats(
     name: Annotated[Optional[str], typer.Argument(help="Only this job.", autocompletion=_complete_jobs,
                                                   metavar="[NAME]")] = None,
@@ -280,6 +322,8 @@ def next_(
     from_: Annotated[Optional[str], typer.Option("--from", help="Start after this ISO 8601 time (default: now).")] = None,
     expr: Annotated[Optional[str], typer.Option("--expr", help="A schedule not in any file, e.g. '0 3 * * 1-5'.")] = None,
     tz: Annotated[str, typer.Option("--tz", help="Zone for --expr.")] = "UTC",
+    hash_name: Annotated[str, typer.Option(
+        "--name", help="Job name that H in --expr hashes, to preview a job's hashed times.")] = "expr",
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
@@ -302,7 +346,7 @@ def next_(
             except ValueError:
                 raise UsageError(f"--from: expected an ISO 8601 time, got {from_!r}") from None
         if expr is not None:
-            times, words = service.next_for_expr(expr, tz, start, limit)
+            times, words = service.next_for_expr(expr, tz, start, limit, hash_name)
         elif name is not None:
             jobs = _load(file)
             if from_ is None:
@@ -404,6 +448,52 @@ def status(file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt 
     _guard(body)
 
 
+@app.command("import-crontab")
+def import_crontab(
+    files: Annotated[list[str], typer.Argument(help="Crontab files; - reads standard input.", show_default=False,
+                                               metavar="FILE...")],
+    system: Annotated[bool, typer.Option("--system", help="The /etc/crontab and /etc/cron.d format: a user "
+                                         "column after the time fields (the job runs as that user).")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the jobs file here "
+                                                   "(default: standard output).", show_default=False)] = None,
+    best_effort: Annotated[bool, typer.Option("--best-effort", help="Write the jobs file even when some lines "
+                                              "cannot be translated exactly (they are still listed).")] = False,
+    tz: Annotated[Optional[str], typer.Option("--tz", help="The zone cron ran in (default: this host's).",
+                                              show_default=False)] = None,
+    smtp: Annotated[str, typer.Option("--smtp", help="The SMTP server that MAILTO mail goes through.")] = "localhost:25",
+) -> None:
+    """Translate crontabs into a jobs file: one job per line, the line as its description.
+
+    Whatever cannot be translated exactly is listed on stderr with its line, and the exit status
+    is 2 (nothing is written) unless --best-effort.
+
+    Example: crontab -l | cronpy import-crontab - -o jobs.yaml
+    """
+    def body() -> int:
+        from cronpy import crontab
+
+        sources = crontab.read_sources(files, sys.stdin.read() if "-" in files else None)
+        text, problems = crontab.import_crontabs(sources, system=system, timezone=tz or crontab.host_timezone(),
+                                                 smtp=smtp)
+        for p in problems:
+            _note(p.format())
+        if problems and not best_effort:
+            _note(f"{len(problems)} line(s) cannot be translated exactly; nothing written (--best-effort writes "
+                  "the rest)")
+            return 2  # bad input, as for a jobs file (EXIT_USAGE)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
+        return 0
+
+    _guard(body)
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the jobs file, for editors.
@@ -443,8 +533,11 @@ def validate(
             return exc.exit_code
         n = len(jobs.jobs)
         if as_json:
-            render.print_json({"file": str(path), "ok": True, "jobs": n, "problems": []})
+            render.print_json({"file": str(path), "ok": True, "jobs": n, "problems": [],
+                               "warnings": list(jobs.warnings)})
         else:
+            for warning in jobs.warnings:
+                sys.stderr.write(f"warning: {warning}\n")
             sys.stdout.write(f"{jobs.source}: OK, {n} job{'s' if n != 1 else ''}\n")
         return 0
 

@@ -84,7 +84,12 @@ SPEC: dict[str, Cmd] = {c.name: c for c in (
     Cmd("list", "List the jobs with their next run", (), (*WHERE, JSON, WIDE)),
     Cmd("next", "Print the next fire times of a job", (("name", JOB),), (
         Opt(("--limit", "-n", "--count"), INT), Opt(("--from",), TEXT, "from_"), Opt(("--expr",), TEXT),
-        Opt(("--tz",), ZONE), *WHERE, JSON)),
+        Opt(("--tz",), ZONE), Opt(("--name",), TEXT, "hash_name"), *WHERE, JSON)),
+    Cmd("logs", "Print the output of a run", (("target", JOB),), (
+        Opt(("--follow", "-f")), Opt(("--file",), FILE), SD, ST), required=("target",)),
+    Cmd("import-crontab", "Translate crontabs into a jobs file", (("files", FILE),), (
+        Opt(("--system",)), Opt(("--output", "-o"), FILE), Opt(("--best-effort",)), Opt(("--tz",), ZONE),
+        Opt(("--smtp",), TEXT))),
     Cmd("pause", "Stop the schedule from firing a job", (("name", JOB),), (*WHERE, JSON), required=("name",)),
     Cmd("resume", "Let the schedule fire a job again", (("name", JOB),), (*WHERE, JSON), required=("name",)),
     Cmd("cancel", "Stop a run in progress", (("target", JOB),), (*WHERE, JSON), required=("target",)),

@@ -159,6 +159,10 @@ def show(run_id: int, *, file: str | None = None, state_dir: str | None = None, 
         raise RunNotFound(run_id)
     with h:
         rec = h.get(run_id)
+    if not rec.status.finished:  # the history has its output only once it ends
+        from cronpy.outputs import with_live_output
+
+        rec = with_live_output(rec, state_dir_for_reading(file, state_dir))
     render.run_detail(rec, as_json=as_json)
     return 0
 

@@ -418,7 +418,7 @@ def job_list(specs: Sequence[JobSpec], next_runs: Mapping[str, datetime | None],
         # The next run in the job's own zone: the zone column and the time agree.
         full = when(nxt, s.timezone) if term else iso(nxt.astimezone(_zone(s.timezone)) if nxt else None)
         rows.append([
-            s.name, s.schedule.text if s.schedule else "(manual)", words.get(s.name) or "", s.timezone,
+            s.name, s.schedule.text if s.schedule else ("@reboot" if s.run_on_boot else "(manual)"), words.get(s.name) or "", s.timezone,
             "paused" if s.name in paused else "enabled" if s.enabled else "disabled",
             relative(nxt, now), full,
             _status(last[s.name].status) if s.name in last else "-", s.description,

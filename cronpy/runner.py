@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable, Sequence
 
 from cronpy.clock import Clock
@@ -28,6 +29,7 @@ from cronpy.history import HOST, NewRun
 from cronpy.integrations import Observer
 from cronpy.store import JobLock, JobLocks, Store
 from cronpy.models import At, Every, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
+from cronpy.outputs import BootMarks, RunOutput
 from cronpy.schedule import latest_fire, next_fire
 
 log = logging.getLogger("cronpy")
@@ -79,6 +81,7 @@ class _Active:
     attempt: Attempt | None = None
     thread: threading.Thread | None = None
     pid_recorded: bool = False
+    output: RunOutput | None = None
 
 
 class Runner:
@@ -95,8 +98,13 @@ class Runner:
         rng: random.Random | None = None,
         observers: Sequence[Observer] = (),
         chains: bool = True,
+        state_dir: Path | None = None,
+        boot: BootMarks | None = None,
     ) -> None:
         self.jobs = jobs
+        # Where each run's whole output goes while it runs (`cronpy logs -f`, `output: keep`).
+        self.state_dir = state_dir
+        self.boot = boot  # once-per-boot marks of run_on_boot jobs; None: they never run
         self.observers = list(observers)
         self._base_env = dict(os.environ)  # jobs' environment: the runner's, as it started
         self.chains = chains  # fire `after:` dependents when a job succeeds
@@ -173,6 +181,8 @@ class Runner:
             self._schedule_next(spec, now)
             if spec.run_on_start and first_start:
                 self._push(now, spec.name, Trigger.START, now)
+            if spec.run_on_boot and first_start and self.boot is not None and self.boot.claim(spec.name):
+                self._push(now, spec.name, Trigger.BOOT, now)
 
     def _missed_while_down(self, spec: JobSpec, now: datetime, last: datetime | None) -> datetime | None:
         """With catch_up, the latest instant missed since the last claimed one, `last` (like
@@ -524,7 +534,11 @@ class Runner:
             sink = lambda line: out(spec.name, line)  # noqa: E731
         ctx = RunContext(spec.name, run_id, d.scheduled_for, d.attempt, d.trigger.value)
         active = _Active(d, run_id, lock, spec, now)  # the started_at written to history
-        active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir, base_env=self._base_env)
+        if self.state_dir is not None and run_id > 0:
+            # Opens its file on the first byte, on the watching thread: nothing here on the path.
+            active.output = RunOutput(self.state_dir, spec.name, run_id, spec.output_max, spec.keep_output)
+        active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir, base_env=self._base_env,
+                                 raw=active.output)
         if self._cancel_all:
             active.attempt.cancel()
         self._active[run_id] = active
@@ -552,6 +566,8 @@ class Runner:
             finished = self.clock.now()
             if result is None:
                 result = AttemptResult(RunStatus.FAILED, None, 0.0, "", error="cronpy failed to run the job")
+            if active.output is not None:
+                active.output.finish()  # every byte on disk before the outcome: `logs -f` ends there
             self._record(lambda: self._finish(active, result, finished))
             if active.lock and active.lock is not self._prelocked.get(spec.name):
                 active.lock.release()
@@ -580,6 +596,8 @@ class Runner:
                 result=result.result, pid=result.pid, host=HOST)
             self._notify(lambda o: o.run_finished(spec, record, retry))
             self.wake.set()
+            if active.output is not None:
+                active.output.settle(spec.output_max)  # gzip (`output: keep`) on this run's thread
 
     def _notify(self, call: Callable[[Observer], None]) -> None:
         for observer in self.observers:
