@@ -495,6 +495,31 @@ def _note(text: str) -> None:
 
 
 @app.command()
+def web(
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; other than loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 8080,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar="CRONPY_WEB_TOKEN", show_envvar=False, show_default=False,
+        help="Require this token (Bearer header or login cookie); default: $CRONPY_WEB_TOKEN.")] = None,
+) -> None:
+    """Serve a read-only dashboard of the jobs and their history (needs `pip install 'cronpy-runner[web]'`).
+
+    Pages: / (jobs), /jobs/NAME, /runs/ID, /now; JSON: /api/jobs, /api/jobs/NAME/runs,
+    /api/runs/ID, /api/status; /healthz. It binds to loopback unless --host says otherwise,
+    which requires a token.
+
+    Example: cronpy web -f jobs.yaml --port 8080
+    """
+    from cronpy.web import serve
+
+    _guard(lambda: serve(str(file) if file else None, str(state_dir) if state_dir else None, store,
+                         host=host, port=port, token=token))
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of the jobs file, for editors.
 

@@ -691,6 +691,6 @@ def check_runnable(jobs: JobSet, *, euid: int | None = None, only: str | None = 
             except ImportError:
                 apprise_missing = spec.name
                 problems.append(Problem(spec.line, f"jobs.{spec.name}.notify",
-                                        "notifications need Apprise: pip install 'cronpy[notify]'"))
+                                        "notifications need Apprise: pip install 'cronpy-runner[notify]'"))
     if problems:
         raise ConfigError(str(jobs.source or "<string>"), problems)

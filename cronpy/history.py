@@ -452,9 +452,14 @@ class History:
         since: datetime | None = None,
         limit: int | None = 50,
         with_output: bool = False,
+        before_id: int | None = None,
     ) -> list[RunRecord]:
-        """Return runs newest first, filtered by job, status and start time."""
+        """Return runs newest first, filtered by job, status and start time; with `before_id`,
+        only rows with id < before_id (keyset paging: the next page starts below the last id)."""
         where, params = self._filters(job, status, since)
+        if before_id is not None:
+            where += (" AND" if where else " WHERE") + " id < ?"
+            params.append(before_id)
         cols = COLUMNS if with_output else COLUMNS.replace("output", "NULL")
         sql = f"SELECT {cols} FROM runs{where} ORDER BY id DESC"
         if limit is not None:
@@ -497,6 +502,23 @@ class History:
 
     def running(self) -> list[RunRecord]:
         return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM runs WHERE status = 'running' ORDER BY id")]
+
+    def counts(self) -> dict[str, dict[RunStatus, int]]:
+        """Runs per job and status over all of history, from the totals the triggers keep
+        (O(jobs): the dashboard's success rates without stats' duration percentiles)."""
+        out: dict[str, dict[RunStatus, int]] = {}
+        for job, status, n in self._read("SELECT job, status, runs FROM job_totals WHERE runs > 0"):
+            out.setdefault(job, {})[RunStatus(status)] = n
+        return out
+
+    def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
+        """The job's runs per UTC day since `since`, as (day, finished runs, failed or timed out),
+        oldest first; skipped and interrupted runs are not counted, as in success rates."""
+        rows = self._read(
+            "SELECT CAST(started_at / 86400 AS INTEGER) AS day, count(*), sum(status != 'success')"
+            f" FROM runs WHERE job = ? AND started_at >= ? AND status IN ({FINISHED_SQL}) GROUP BY day ORDER BY day",
+            (job, since.timestamp()))
+        return [(datetime.fromtimestamp(day * 86400, UTC), n, bad) for day, n, bad in rows]
 
     def stats(self, job: str | None = None, *, since: datetime | None = None) -> list[JobStats]:
         """Return per-job aggregates over the runs that started since `since`."""

@@ -620,13 +620,32 @@ class PgStore:
     def running(self) -> list[RunRecord]:
         return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM cronpy.runs WHERE status = 'running' ORDER BY id")]
 
+    def counts(self) -> dict[str, dict[RunStatus, int]]:
+        """As History.counts: runs per job and status."""
+        out: dict[str, dict[RunStatus, int]] = {}
+        for job, status, n in self._read("SELECT job, status, count(*) FROM cronpy.runs GROUP BY job, status"):
+            out.setdefault(job, {})[RunStatus(status)] = n
+        return out
+
+    def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
+        """As History.daily: finished runs and failures per UTC day since `since`."""
+        rows = self._read(
+            "SELECT date_trunc('day', started_at AT TIME ZONE 'UTC') AS day, count(*),"
+            " count(*) FILTER (WHERE status <> 'success') FROM cronpy.runs"
+            f" WHERE job = %s AND started_at >= %s AND status IN ({_FINISHED_SQL}) GROUP BY day ORDER BY day",
+            (job, since))
+        return [(day.replace(tzinfo=timezone.utc), n, bad) for day, n, bad in rows]
+
     @staticmethod
     def _filters(job: str | None, status: RunStatus | None, since: datetime | None) -> tuple[str, list[Any]]:
         return run_filters(job, status, since, mark="%s", when=lambda t: t)
 
     def query(self, job: str | None = None, *, status: RunStatus | None = None, since: datetime | None = None,
-              limit: int | None = 50, with_output: bool = False) -> list[RunRecord]:
+              limit: int | None = 50, with_output: bool = False, before_id: int | None = None) -> list[RunRecord]:
         where, params = self._filters(job, status, since)
+        if before_id is not None:
+            where += (" AND" if where else " WHERE") + " id < %s"
+            params.append(before_id)
         cols = COLUMNS if with_output else COLUMNS.replace("output", "NULL")
         sql = f"SELECT {cols} FROM cronpy.runs{where} ORDER BY id DESC"
         if limit is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -99,23 +99,14 @@ def _known(file: str | os.PathLike[str] | None, h: Store | None) -> list[str]:
 def since_time(text: str | None, now: datetime | None = None) -> datetime | None:
     if text is None:
         return None
-    from cronpy.durations import parse_duration
+    from cronpy.durations import parse_since
 
-    now = now or datetime.now(timezone.utc)
     try:
-        seconds = parse_duration(text)
-    except ValueError:
-        pass
-    else:
-        try:
-            return now - timedelta(seconds=seconds)
-        except OverflowError:
-            raise UsageError(f"--since: {text!r} reaches back before year 1") from None
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--since: expected a duration (7d, 12h) or an ISO date/time, got {text!r}") from None
-    return dt if dt.tzinfo else dt.astimezone()
+        return parse_since(text, now or datetime.now(timezone.utc))
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+    except OverflowError:
+        raise UsageError(f"--since: {text!r} reaches back before year 1") from None
 
 
 def parse_status(text: str | None) -> RunStatus | None:
@@ -246,7 +237,7 @@ def job_health(name: str, attempts: JobStats, recent: Sequence[RunRecord]) -> Jo
     )
 
 
-def _never_ran(name: str) -> JobStats:
+def never_ran(name: str) -> JobStats:
     return JobStats(job=name, runs=0, successes=0, failures=0, timeouts=0, mean=None, p50=None, p95=None,
                     max=None, last_started=None, last_status=None)
 
@@ -272,7 +263,7 @@ def stats(name: str | None = None, *, since: str | None = None, file: str | None
         names = [name] if name else sorted(set(counted) | set(file_names or []))
         for n in names:
             window = h.query(n, since=start, limit=RUN_WINDOW) if h and n in counted else []
-            items.append(job_health(n, counted.get(n) or _never_ran(n), window))
+            items.append(job_health(n, counted.get(n) or never_ran(n), window))
             recent[n] = [(r.status, r.duration) for r in reversed(window[:20])]
         # The store named on the command line or in the file is the one the runner uses too.
         anchors = h.last_scheduled_many(list(jobs.jobs)) if h and jobs else {}
@@ -340,7 +331,7 @@ def next_runs_for(jobs: JobSet, state_dir: str | None, store: str | None,
 def list_jobs(*, file: str | None = None, state_dir: str | None = None, store: str | None = None,
               as_json: bool = False, wide: bool = False) -> int:
     from cronpy import render
-    from cronpy.describe import describe
+    from cronpy.words import describe
 
     jobs = load(file)
     try:

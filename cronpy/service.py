@@ -22,7 +22,6 @@ from typing import Callable
 
 from cronpy.clock import Clock, SystemClock
 from cronpy.config import check_runnable, get_job, load_jobs
-from cronpy.describe import describe
 from cronpy.paths import resolve_state_dir, resolve_store
 from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, StoreUnreachable
 from cronpy.executor import ensure_fd_budget, terminate_run
@@ -31,10 +30,12 @@ from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy import outputs
-from cronpy.models import DEFAULT_OUTPUT_MAX, At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
+from cronpy.models import DEFAULT_OUTPUT_MAX, JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
 from cronpy.store import JobLocks, Leadership, Store, open_store
+# Re-exported: `list` and `next` call service.describe; the web imports cronpy.words directly.
+from cronpy.words import describe
 
 log = logging.getLogger("cronpy")
 _print_lock = threading.Lock()

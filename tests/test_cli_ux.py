@@ -389,11 +389,12 @@ def test_a_fresh_virtualenv_installs_the_checkout_by_its_distribution_name_with_
     fills it), then each fresh venv installs with --no-index."""
     house = tmp_path / "wheels"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house),
-                            f"{REPO}[metrics,postgres,notify]"], capture_output=True, text=True, timeout=600)
+                            f"{REPO}[metrics,postgres,notify,web]"], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     assert list(house.glob("cronpy_runner-*.whl")), sorted(p.name for p in house.iterdir())
     # Every extra in one venv: pip names each extra it does not know, so one install checks them all.
-    for extra, module in (("", None), ("metrics,postgres,notify", "prometheus_client, psycopg, apprise")):
+    every = ("metrics,postgres,notify,web", "prometheus_client, psycopg, apprise, starlette, uvicorn, jinja2")
+    for extra, module in (("", None), every):
         venv = tmp_path / f"venv-{'extras' if extra else 'plain'}"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
         spec = f"cronpy-runner[{extra}]" if extra else "cronpy-runner"

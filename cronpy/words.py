@@ -1,5 +1,8 @@
-"""Schedules in words for `list` and `next` ("At 03:00, Monday through Friday"); light, so the
-read-only commands can use it without the service layer."""
+"""Schedules in words ("At 03:00, Monday through Friday"), for `list`, `next` and the web.
+
+Its own module so that the dashboard can describe schedules without importing the service
+layer (which imports the runner).
+"""
 
 from __future__ import annotations
 
