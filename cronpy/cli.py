@@ -494,6 +494,26 @@ def _note(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
+def _say(*lines: str) -> None:
+    for line in lines:
+        sys.stdout.write(line + "\n")
+
+
+@app.command()
+def recover(file: FileOpt = None, state_dir: StateDirOpt = None) -> None:
+    """Move a damaged history.db aside and recover what SQLite can still read into a fresh one.
+
+    Run it when a runner stops with "the file is damaged". It takes the scheduler lock, so
+    stop the runners of the state dir first (exit 75 while one runs). The damaged file is
+    kept as history.db.damaged-TIME.
+
+    Example: cronpy recover --state-dir /var/lib/cronpy
+    """
+    from cronpy import service
+
+    _guard(lambda: _say(*service.recover(reads.state_dir_for_reading(_str(file), _str(state_dir)))))
+
+
 @app.command()
 def web(
     file: FileOpt = None,

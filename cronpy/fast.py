@@ -94,6 +94,7 @@ SPEC: dict[str, Cmd] = {c.name: c for c in (
     Cmd("resume", "Let the schedule fire a job again", (("name", JOB),), (*WHERE, JSON), required=("name",)),
     Cmd("cancel", "Stop a run in progress", (("target", JOB),), (*WHERE, JSON), required=("target",)),
     Cmd("status", "Who schedules, what runs, what is due", (), (*WHERE, JSON, WIDE)),
+    Cmd("recover", "Salvage a damaged history database", (), (F, SD)),
     Cmd("web", "Serve a read-only dashboard", (), (
         *WHERE, Opt(("--host",), TEXT), Opt(("--port",), INT), Opt(("--token",), TEXT))),
     Cmd("schema", "Print the JSON Schema of the jobs file"),

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from cronpy.errors import HistoryError, NoHistory, RunNotFound
+from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, RunNotFound
 from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
 
 UTC = timezone.utc
@@ -131,6 +131,18 @@ def result_json(result: Any) -> str | None:
         return json.dumps(repr(result))
 
 
+# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGED = (11, 26)
+
+
+def sqlite_error(path: str, exc: sqlite3.Error) -> HistoryError:
+    """The HistoryError for a failed SQLite call: HistoryDamaged when the file is corrupt."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _DAMAGED:
+        return HistoryDamaged(path, str(exc))
+    return HistoryError(path, str(exc))
+
+
 def _ts(dt: datetime | None) -> float | None:
     return dt.timestamp() if dt is not None else None
 
@@ -228,7 +240,18 @@ class History:
                 # disk before its job starts, so a power cut cannot make it run twice.
                 self._setup()
         except sqlite3.Error as exc:
-            raise HistoryError(str(path), str(exc)) from None
+            raise sqlite_error(str(path), exc) from None
+
+    #: called once with the first HistoryDamaged error (the runner stops on it)
+    on_damaged: Callable[[HistoryDamaged], None] | None = None
+    damaged: HistoryDamaged | None = None
+
+    def _damaged(self, err: HistoryError) -> HistoryError:
+        if isinstance(err, HistoryDamaged) and self.damaged is None:
+            self.damaged = err
+            if self.on_damaged is not None:
+                self.on_damaged(err)
+        return err
 
     @classmethod
     def open(cls, state_dir: Path, *, readonly: bool = False) -> "History":
@@ -290,14 +313,14 @@ class History:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise HistoryError(str(self.path), str(exc)) from None
+                raise self._damaged(sqlite_error(str(self.path), exc)) from None
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise HistoryError(str(self.path), str(exc)) from None
+                raise self._damaged(sqlite_error(str(self.path), exc)) from None
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -191,16 +191,18 @@ class JobHealth:
         return "unhealthy"
 
     def to_json(self, next_run: datetime | None) -> dict[str, Any]:
+        """`stats --json`: the attempt figures keep their names from before runs were counted
+        (`runs` is attempts, as scripts expect); the figures after retries are `recent_*`."""
         s = self.attempts
         return {
             "job": self.job, "health": self.health,
-            "runs": self.runs, "run_successes": self.run_successes, "run_failures": self.run_failures,
-            "run_success_rate": self.run_success_rate,
-            "last_outcome": self.last_outcome.value if self.last_outcome else None,
-            "attempts": s.runs, "successes": s.successes, "failures": s.failures,
+            "runs": s.runs, "successes": s.successes, "failures": s.failures,
             "timeouts": s.timeouts, "success_rate": s.success_rate, "mean": s.mean, "p50": s.p50,
             "p95": s.p95, "max": s.max, "last_run": s.last_started.isoformat() if s.last_started else None,
             "last_status": s.last_status.value if s.last_status else None,
+            "recent_runs": self.runs, "recent_runs_ok": self.run_successes, "recent_runs_failed": self.run_failures,
+            "recent_run_success_rate": self.run_success_rate,
+            "last_outcome": self.last_outcome.value if self.last_outcome else None,
             "next_run": next_run.isoformat() if next_run else None,
         }
 

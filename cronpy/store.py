@@ -116,12 +116,14 @@ class Leadership(Protocol):
         ...
 
 
-def open_store(url: str | None, state_dir: Path, *, readonly: bool = False, lease: float = 10.0) -> Store:
-    """The store named by `url` (PostgreSQL), else the SQLite history of `state_dir`."""
+def open_store(url: str | None, state_dir: Path, *, readonly: bool = False, lease: float = 10.0,
+               skew: tuple[float, float] | None = None) -> Store:
+    """The store named by `url` (PostgreSQL), else the SQLite history of `state_dir`. `skew`:
+    the fleet's (clock_skew_warning, clock_skew_limit) in seconds."""
     if url:
         from cronpy.pgstore import PgStore
 
-        return PgStore(url, lease=lease, readonly=readonly)
+        return PgStore(url, lease=lease, readonly=readonly, skew=skew)
     from cronpy.history import History
 
     return History.open(state_dir, readonly=readonly)

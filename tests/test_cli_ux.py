@@ -178,8 +178,9 @@ def test_stats_health_comes_from_runs_after_retries(jobs_file, tmp_path: Path) -
         assert cronpy("trigger", "flaky", "-f", str(path)).returncode == 0
     data = {s["job"]: s for s in json.loads(cronpy("stats", "--json", "-f", str(path)).stdout)}
     flaky = data["flaky"]
-    assert (flaky["runs"], flaky["run_success_rate"], flaky["health"]) == (3, 1.0, "healthy")
-    assert (flaky["attempts"], flaky["success_rate"], flaky["failures"]) == (6, 0.5, 3)
+    assert (flaky["recent_runs"], flaky["recent_run_success_rate"], flaky["health"]) == (3, 1.0, "healthy")
+    assert flaky["last_outcome"] == "success"
+    assert (flaky["runs"], flaky["success_rate"], flaky["failures"]) == (6, 0.5, 3)  # attempts, as before
     assert data["idle"]["health"] == "unknown" and data["idle"]["runs"] == 0
     from datetime import datetime, timezone
 
