@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="cronpy",
-    help="A job runner driven by a declarative YAML jobs file. Every run is recorded in SQLite "
-    "(or a fleet's PostgreSQL store).",
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -112,7 +110,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(version: Annotated[bool, typer.Option(
         "--version", "-V", help="Print the version and exit.", callback=_version, is_eager=True)] = False) -> None:
-    """A job runner driven by a declarative YAML jobs file.
+    """A job runner driven by a declarative YAML jobs file. Every run is recorded in SQLite
+    (or a fleet's PostgreSQL store).
 
     Conventions: the jobs file is -f FILE, then $CRONPY_FILE, then ./jobs.yaml; the history is
     --store URL or the state dir (--state-dir DIR, $CRONPY_STATE_DIR, the file's state_dir, ...).

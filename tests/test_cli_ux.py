@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cronpy
+from conftest import cronpy, wait_for
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -256,6 +257,25 @@ def test_log_format_json_is_one_object_a_line(jobs_file) -> None:
     objects = [json.loads(line) for line in (out.stdout + out.stderr).splitlines() if line]
     assert objects and all({"time", "level", "message"} <= set(o) for o in objects)
     assert any(o.get("job") == "a" and o["message"] == "out-line" for o in objects)
+
+
+def test_run_logs_one_json_object_a_line_with_log_format_json(jobs_file, tmp_path: Path) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  a: {schedule: '@daily', run_on_start: true, command: 'echo from-a'}\n")
+    out, err = tmp_path / "out", tmp_path / "err"
+    env = {k: v for k, v in os.environ.items() if k != "CRONPY_STATE_DIR"}
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "cronpy", "run", "-f", str(path), "--log-format", "json"],
+                                stdout=o, stderr=e, env=env)
+        try:
+            assert wait_for(lambda: "from-a" in out.read_text() and "a: run 1 success" in err.read_text(), 30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    assert proc.returncode == 0
+    lines = [line for line in (out.read_text() + err.read_text()).splitlines() if line]
+    objects = [json.loads(line) for line in lines]  # every line parses: no plain-text line slipped out
+    assert any(o.get("job") == "a" and o["message"] == "from-a" for o in objects)
+    assert all(o["level"] in ("debug", "info", "warning", "error", "critical") and o["time"] for o in objects)
 
 
 def test_trigger_spinner_and_log_lines_never_share_a_line(jobs_file) -> None:
