@@ -519,7 +519,7 @@ def web(
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind; other than loopback needs --token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 8080,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port, printed).", min=0, max=65535)] = 8080,
     token: Annotated[Optional[str], typer.Option(
         "--token", envvar="CRONPY_WEB_TOKEN", show_envvar=False, show_default=False,
         help="Require this token (Bearer header or login cookie); default: $CRONPY_WEB_TOKEN.")] = None,

@@ -155,7 +155,7 @@ class _Checker:
         self.doc = doc
         self.base_dir = base_dir
         self.now = now
-        # Where "never fires in this zone" and "the shortest gap" are judged from; without a
+        # Where "never fires in this zone" and the gaps between runs are judged from; without a
         # clock (config never reads it), a fixed date keeps the answer reproducible.
         self.reference = now if now is not None else datetime(2000, 1, 1, tzinfo=timezone.utc)
 
@@ -403,9 +403,9 @@ class _Checker:
         if jitter and schedule is not None and ok:
             # The runner delays each run by up to `jitter`; a delay that reaches the next run
             # makes the two collide and one is dropped (every minute with 5m ran 21 times an hour).
-            gap = shortest_gap(schedule, tz, name, self.reference)
+            gap = shortest_gap(schedule, tz, name, self.reference, enough=jitter)
             if gap is not None and jitter >= gap:
-                self.err(where("jitter"), f"{merged['jitter']} is not shorter than the shortest gap between two "
+                self.err(where("jitter"), f"{merged['jitter']} is not shorter than the gap between two of its "
                          f"runs ({_whole(gap)}): runs would be dropped")
                 return None
         if not ok or None in (kill_grace, retries, backoff, priority, jitter) or cron_keys is None:

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -43,6 +43,8 @@ LIVE_FAST = 1
 LIVE_SLOW = 5
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+#: Bytes of a kept whole output shown on a run's page (the rest: /runs/ID/output).
+KEPT_SHOWN = 1024 * 1024
 SORTS = ("name", "next", "last", "status", "rate")
 STATES = [s.value for s in RunStatus] + ["paused", "disabled", "never"]
 WINDOWS = {"1h": "last hour", "24h": "last 24 hours", "7d": "last 7 days", "30d": "last 30 days"}
@@ -203,7 +205,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         now = dash.clock.now()
         html = env.get_template(template).render(
             request=request, now=now, rel=lambda dt: _relative(dt, now), config_error=dash.config_error,
-            store_error=dash.store_error, location=dash.location, jobs_file=shown_path(dash.path),
+            store_error=dash.store_error, no_history=dash.no_history, location=dash.location, jobs_file=shown_path(dash.path),
             zone=now.astimezone().tzname(), **ctx)
         return HTMLResponse(html, status_code)
 
@@ -280,7 +282,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
             raise HTTPException(404, f"no job named {name!r} in the jobs file or the history") from None
         hist = dash.history(name, status=status, since=since, before=before)
         chart = charts.durations_chart(dash.chart_runs(name), _short)
-        days = [(d, n, bad, charts.rate_bar(bad, n)) for d, n, bad in dash.daily(name)]
+        daily = dash.daily(name)
+        days = [(d, n, bad, charts.rate_bar(bad, n)) for d, n, bad in daily]
 
         def hist_url(**change: Any) -> str:
             params = {"status": status.value if status else "", "since": window, "before": ""}
@@ -291,13 +294,20 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         return page(request, "job.html", name=name, spec=spec, stats=stats, paused=paused, instants=instants,
                     words=dash.words(spec) if spec else None, hist=hist, status=status.value if status else "",
                     window=window, windows=WINDOWS, statuses=[s.value for s in RunStatus], before=before,
-                    hist_url=hist_url, chart=chart, days=days, live=LIVE_SLOW)
+                    hist_url=hist_url, chart=chart, days=days, daily_chart=charts.daily_chart(daily),
+                    live=LIVE_SLOW)
 
     def run_page(request: Request) -> Response:
         run = _run(dash, request.path_params["run_id"])
         result = None if run.result is None else json.dumps(run.result, indent=2, ensure_ascii=False)
-        return page(request, "run.html", run=run, result=result,
+        kept = dash.kept_output(run, KEPT_SHOWN)
+        return page(request, "run.html", run=run, result=result, kept=kept, kept_shown=KEPT_SHOWN,
                     live=LIVE_FAST if run.status is RunStatus.RUNNING else 0)
+
+    def run_output(request: Request) -> Response:
+        run = _run(dash, request.path_params["run_id"])
+        # text/plain with nosniff: a browser shows markup in it as text, never renders it.
+        return StreamingResponse(dash.output_chunks(run), media_type="text/plain; charset=utf-8")
 
     def now_page(request: Request) -> Response:
         return page(request, "now.html", st=dash.now(), live=LIVE_FAST)
@@ -355,7 +365,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         except HistoryError:
             pass
         ok = dash.store_error is None
-        return JSONResponse({"ok": ok, "store": "readable" if ok else "unreadable"}, 200 if ok else 503)
+        state = "empty" if dash.no_history else "readable" if ok else "unreadable"
+        return JSONResponse({"ok": ok, "store": state}, 200 if ok else 503)
 
     async def error(request: Request, exc: Exception) -> Response:
         code = exc.status_code if isinstance(exc, HTTPException) else 503
@@ -366,6 +377,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
 
     routes = [
         Route("/", jobs_page), Route("/jobs/{name}", job_page), Route("/runs/{run_id:int}", run_page),
+        Route("/runs/{run_id:int}/output", run_output),
         Route("/now", now_page), Route("/login", login, methods=["GET", "POST"]),
         Route("/api/jobs", api_jobs), Route("/api/jobs/{name}/runs", api_job_runs),
         Route("/api/runs/{run_id:int}", api_run), Route("/api/status", api_status), Route("/healthz", healthz),
