@@ -767,6 +767,9 @@ def recover(sd: Path) -> list[str]:
         spans = ", ".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in done.unreadable_ranges[:10])
         more = f" and {len(done.unreadable_ranges) - 10} more" if len(done.unreadable_ranges) > 10 else ""
         lines.append(f"unreadable, lost: run ids {spans}{more} (up to {done.lost_estimate} run(s))")
+    if done.after is not None:
+        lines.append("unreadable, lost: every run (the runs table's first page is gone)" if done.after == 0 and
+                     not done.runs else f"unreadable, lost: the end of the runs table (runs after id {done.after})")
     for table in done.tables_lost:
         lines.append(f"unreadable, lost: the {table} table ({'paused jobs' if table == 'paused' else 'cancel requests'})")
     return lines

@@ -415,7 +415,7 @@ def test_requests_without_the_token_get_401(tmp_path: Path, web: Callable[..., W
         status, headers, body = w.get(path)
         assert status == 401, path
         assert headers["www-authenticate"].startswith("Bearer")
-        assert "echo hello" not in body and "Says hello" not in body
+        assert "echo hello" not in body and "Says hello" not in body and "history.db" not in body
         assert w.get(path, headers={"Authorization": "Bearer wrong"})[0] == 401
         assert w.get(path, headers={"Authorization": "Bearer t0ken"})[0] == 200, path
     assert w.get("/healthz")[0] == 200  # for probes: says only whether the store is readable

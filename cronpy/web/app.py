@@ -201,12 +201,16 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         env.get_template(template)  # compile now, not in the first request
     session = hmac.new(token.encode(), b"cronpy web login", hashlib.sha256).hexdigest() if token else None
 
-    def page(request: Request, template: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+    def page(request: Request, template: str, status_code: int = 200, *, public: bool = False,
+             **ctx: Any) -> HTMLResponse:
+        """Render a page; a `public` one (the login form) names no file, store or job."""
         now = dash.clock.now()
-        html = env.get_template(template).render(
-            request=request, now=now, rel=lambda dt: _relative(dt, now), config_error=dash.config_error,
-            store_error=dash.store_error, no_history=dash.no_history, location=dash.location, jobs_file=shown_path(dash.path),
-            zone=now.astimezone().tzname(), **ctx)
+        about: dict[str, Any] = dict(config_error=None, store_error=None, no_history=False, location="", jobs_file="")
+        if not public:
+            about = dict(config_error=dash.config_error, store_error=dash.store_error, no_history=dash.no_history,
+                         location=dash.location, jobs_file=shown_path(dash.path))
+        html = env.get_template(template).render(request=request, now=now, rel=lambda dt: _relative(dt, now),
+                                                 zone=now.astimezone().tzname(), **about, **ctx)
         return HTMLResponse(html, status_code)
 
     def authorized(request: Request) -> bool:
@@ -227,8 +231,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
                 response = JSONResponse({"error": "a token is required (Authorization: Bearer …)"}, 401,
                                         headers={"WWW-Authenticate": 'Bearer realm="cronpy"'})
             else:
-                response = page(request, "login.html", 401, next=_next_url(request.url.path, request.url.query),
-                                wrong=False)
+                response = page(request, "login.html", 401, public=True,
+                                next=_next_url(request.url.path, request.url.query), wrong=False)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="cronpy"'
         else:
             response = await call_next(request)
@@ -314,8 +318,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
-            return page(request, "login.html", next=_next_url(request.query_params.get("next", "/"), ""),
-                        wrong=False)
+            return page(request, "login.html", public=True,
+                        next=_next_url(request.query_params.get("next", "/"), ""), wrong=False)
         body = await request.body()
         form = parse_qs(body[:4096].decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
@@ -323,7 +327,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         if token is None or session is None:
             return RedirectResponse(target, 303)
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return page(request, "login.html", 401, next=target, wrong=True)
+            return page(request, "login.html", 401, public=True, next=target, wrong=True)
         response = RedirectResponse(target, 303)
         response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
