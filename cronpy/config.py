@@ -642,7 +642,8 @@ def load_jobs(path: str | os.PathLike[str], *, now: datetime | None = None) -> J
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(p), [Problem(None, "", "no such file")]) from None
+        raise ConfigError(str(p), [Problem(None, "", "no such file (name the jobs file with -f FILE or "
+                                                    "$CRONPY_FILE; the default is ./jobs.yaml)")]) from None
     except IsADirectoryError:
         raise ConfigError(str(p), [Problem(None, "", "is a directory, not a jobs file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -697,6 +698,6 @@ def check_runnable(jobs: JobSet, *, euid: int | None = None, only: str | None = 
             except ImportError:
                 apprise_missing = spec.name
                 problems.append(Problem(spec.line, f"jobs.{spec.name}.notify",
-                                        "notifications need Apprise: pip install 'cronpy[notify]'"))
+                                        "notifications need Apprise: pip install 'cronpy-runner[notify]'"))
     if problems:
         raise ConfigError(str(jobs.source or "<string>"), problems)

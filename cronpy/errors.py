@@ -113,8 +113,9 @@ class StoreUnreachable(StoreUnavailable):
 
 
 class NoHistory(HistoryError):
-    """Raised when a store is opened read-only before anything has run with it: `list` and
-    `status` show nothing then; `history`, `show` and `stats` exit 2 (often a wrong state dir)."""
+    """Raised when a history is opened read-only before anything was recorded in it (no
+    database file yet, or no tables in the fleet's database). The CLI shows an empty answer;
+    elsewhere it exits 2 (often a wrong state dir)."""
 
     exit_code = EXIT_USAGE
 

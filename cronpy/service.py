@@ -54,8 +54,12 @@ class _JournalFormatter(logging.Formatter):
 
 
 def setup_logging(verbose: bool = False) -> None:
+    from cronpy import logfmt
+
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if logfmt.FORMAT == "json":
+        handler.setFormatter(logfmt.JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
@@ -65,8 +69,11 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _print_line(job: str, line: str) -> None:
+    from cronpy import logfmt
+
+    text = logfmt.json_line("info", line, job=job, output=True) if logfmt.FORMAT == "json" else f"{job} | {line}"
     with _print_lock:
-        sys.stdout.write(f"{job} | {line}\n")
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
 
@@ -464,10 +471,11 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
 
 
 def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | None = None, wait: float = 0.0,
-            chain: bool = False) -> int:
+            chain: bool = False, report: Callable[[RunRecord], None] | None = None) -> int:
     """`cronpy trigger`: run one job now through the runner's own path; return its exit status.
 
-    On a terminal the job's output streams under a line showing the elapsed time.
+    On a terminal the job's output streams under a line showing the elapsed time. With
+    `report` (`--json`), the run is passed to it and the job's output goes to stderr.
     """
     setup_logging()
     get_job(jobs, name)
@@ -475,9 +483,12 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     history, locks, _, sd = open_backend(jobs, state_dir, store)
     with history:
         history.register_runner("trigger")
-        live = _LiveTrigger(name) if sys.stdout.isatty() else None
+        from cronpy import logfmt
+
+        live = _LiveTrigger(name) if sys.stdout.isatty() and report is None and logfmt.FORMAT == "text" else None
         integrations = Integrations(previous=_previous_status(history))
-        runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
+        output = live.line if live else _err_line if report is not None else _raw_line
+        runner = Runner(jobs, history, locks, SystemClock(), output=output,
                         observers=[integrations], chains=chain, state_dir=sd)
         history.watch(on_cancel=runner.cancel_run)
         _install_signals(lambda urgent: runner.request_stop(now=True))
@@ -492,6 +503,8 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
         if run_id is None:
             return EXIT_LOCKED
         rec = history.get(run_id)
+        if report is not None:
+            report(rec)
         if chain and rec.job != name:
             # The chain's last run was a dependent; the exit status is the worst of the chain.
             failed = [r for r in history.query(since=rec.started_at, limit=None) if r.status is not RunStatus.SUCCESS
@@ -520,9 +533,19 @@ def _previous_status(history: Store) -> Callable[[str, int], RunStatus | None]:
 
 
 def _raw_line(job: str, line: str) -> None:
+    from cronpy import logfmt
+
+    if logfmt.FORMAT == "json":
+        return _print_line(job, line)
     with _print_lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def _err_line(job: str, line: str) -> None:
+    with _print_lock:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 class _LiveTrigger:
@@ -533,17 +556,34 @@ class _LiveTrigger:
 
         self.name = name
         self.console = Console()
-        self._status = self.console.status(f"{name}: running")
+        from rich.text import Text
+
+        # A job name is data, never markup (`[/x]` must not raise MarkupError).
+        self._status = self.console.status(Text(f"{name}: running"))
         self._stop = threading.Event()
         self._started = time.monotonic()
 
     def start(self) -> None:
+        # Log records print through the live console, above the spinner: written straight to
+        # stderr they would land on the spinner's line of the same terminal.
+        console = self.console
+
+        class _Above(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+
+        handler = _Above()
+        handler.setFormatter(log.handlers[0].formatter if log.handlers else None)
+        self._saved = log.handlers[:]
+        log.handlers[:] = [handler]
         self._status.start()
         threading.Thread(target=self._tick, daemon=True).start()
 
     def _tick(self) -> None:
         while not self._stop.wait(0.1):
-            self._status.update(f"{self.name}: running, {time.monotonic() - self._started:.1f}s")
+            from rich.text import Text
+
+            self._status.update(Text(f"{self.name}: running, {time.monotonic() - self._started:.1f}s"))
 
     def line(self, job: str, line: str) -> None:
         prefix = "" if job == self.name else f"{job} | "
@@ -552,58 +592,9 @@ class _LiveTrigger:
     def stop(self) -> None:
         self._stop.set()
         self._status.stop()
+        log.handlers[:] = getattr(self, "_saved", log.handlers)
         self.console.print(f"{self.name}: finished in {time.monotonic() - self._started:.1f}s", style="dim",
-                           highlight=False)
-
-
-def _reading(jobs: JobSet, state_dir: Path | None, store: str | None) -> Store:
-    return open_backend(jobs, state_dir, store, readonly=True)[0]
-
-
-def _next_from(jobs: JobSet, anchors: dict[str, datetime]) -> dict[str, datetime | None]:
-    now = datetime.now(timezone.utc)
-    return {n: next_fire(s, now, anchors.get(n)) if s.enabled else None for n, s in jobs.jobs.items()}
-
-
-def next_runs(jobs: JobSet, state_dir: Path | None = None, store: str | None = None) -> dict[str, datetime | None]:
-    """Each enabled job's next instant, as the runner would compute it now (an interval job's
-    from its last claimed instant). A store that cannot be read raises StoreUnavailable."""
-    try:
-        with _reading(jobs, state_dir, store) as h:
-            return _next_from(jobs, h.last_scheduled_many(list(jobs.jobs)))
-    except NoHistory:
-        return _next_from(jobs, {})
-
-
-def next_runs_from(h: Store, file: Path | None) -> dict[str, datetime | None]:
-    """next_runs for `stats`, from its already open store; {} when the jobs file is missing or
-    broken (`stats` reads the history without it)."""
-    from cronpy.paths import find_jobs_file
-
-    try:
-        jobs = load_jobs(find_jobs_file(str(file) if file else None))
-    except ConfigError:
-        return {}
-    return _next_from(jobs, h.last_scheduled_many(list(jobs.jobs)))
-
-
-@dataclass(frozen=True)
-class Overview:
-    """What `cronpy list` shows beside the jobs file, read from the store in one opening."""
-
-    next: dict[str, datetime | None]
-    last: dict[str, RunRecord]
-    paused: dict[str, datetime]
-
-
-def overview(jobs: JobSet, state_dir: Path | None, store: str | None = None) -> Overview:
-    """`cronpy list`: next instants, latest runs and paused jobs. Nothing run yet: empty; a
-    store that cannot be read raises StoreUnavailable (exit 69), never invented defaults."""
-    try:
-        with _reading(jobs, state_dir, store) as h:
-            return Overview(_next_from(jobs, h.last_scheduled_many(list(jobs.jobs))), h.last_runs(), h.paused())
-    except NoHistory:
-        return Overview(_next_from(jobs, {}), {}, {})
+                           highlight=False, markup=False)
 
 
 def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:

@@ -145,7 +145,7 @@ class PgStore(SqlStore):
     def __init__(self, url: str, *, lease: float = 10.0, readonly: bool = False, role: str = "client",
                  skew: tuple[float, float] | None = None) -> None:
         if psycopg is None:
-            raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy[postgres]'")
+            raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy-runner[postgres]'")
         from cronpy.store.fleet import Fleet
 
         self.url, self.location, self.lease = url, redact(url), float(lease)
