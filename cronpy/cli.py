@@ -51,6 +51,13 @@ SinceOpt = Annotated[Optional[str], typer.Option(
     "--since", help="Only runs started since: a duration back from now (7d, 12h) or an ISO date/time.")]
 
 
+# Bounds of numeric arguments, so that a huge number is a usage error (exit 2), not an
+# OverflowError from SQLite or a loop that never ends.
+MAX_LIMIT = 10_000_000  #: `history --limit`
+MAX_RUN_ID = 2**63 - 1  #: run ids are SQLite/PostgreSQL 64-bit integers
+MAX_COUNT = 100_000  #: `next --count`: ~1 s of work
+
+
 def _fail(exc: CronpyError) -> typer.Exit:
     sys.stderr.write(f"Error: {exc}\n")
     return typer.Exit(exc.exit_code)
@@ -101,9 +108,14 @@ def _since(text: str | None) -> datetime | None:
     from cronpy.durations import parse_duration
 
     try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
+        back = parse_duration(text)
     except ValueError:
         pass
+    else:
+        try:
+            return datetime.now(timezone.utc) - timedelta(seconds=back)
+        except OverflowError:
+            raise UsageError(f"--since: {text} reaches back before the year 1") from None
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
@@ -165,7 +177,7 @@ def history(
     status: Annotated[Optional[str], typer.Option(
         "--status", "-s", help="Only runs with this status: running, success, failed, timeout, interrupted, skipped.")] = None,
     since: SinceOpt = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.", min=1, max=MAX_LIMIT)] = 50,
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
@@ -193,7 +205,8 @@ def history(
 
 @app.command()
 def show(
-    run_id: Annotated[int, typer.Argument(help="Run id, as `history` shows it.", show_default=False)],
+    run_id: Annotated[int, typer.Argument(help="Run id, as `history` shows it.", show_default=False,
+                                          min=1, max=MAX_RUN_ID)],
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
@@ -262,7 +275,7 @@ def list_jobs(
 @app.command("next")
 def next_(
     name: Annotated[Optional[str], typer.Argument(help="Job name.", autocompletion=_complete_jobs)] = None,
-    count: Annotated[int, typer.Option("--count", "-n", help="How many instants.", min=1)] = 5,
+    count: Annotated[int, typer.Option("--count", "-n", help="How many instants.", min=1, max=MAX_COUNT)] = 5,
     from_: Annotated[Optional[str], typer.Option("--from", help="Start after this ISO 8601 time (default: now).")] = None,
     expr: Annotated[Optional[str], typer.Option("--expr", help="A schedule not in any file, e.g. '0 3 * * 1-5'.")] = None,
     tz: Annotated[str, typer.Option("--tz", help="Zone for --expr.")] = "UTC",

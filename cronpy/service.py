@@ -21,9 +21,10 @@ from types import FrameType
 from typing import Callable
 
 from cronpy.clock import Clock, SystemClock
-from cronpy.config import get_job, load_jobs
+from cronpy.config import MAX_DURATION, get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
-from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, StoreUnreachable
+from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, RunNotFound,
+                           StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.history import HOST
 from cronpy.integrations import Integrations
@@ -31,7 +32,7 @@ from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
 from cronpy.runner import MISFIRE_GRACE, Runner
-from cronpy.schedule import next_fire, parse_schedule, upcoming
+from cronpy.schedule import next_fire, parse_schedule
 from cronpy.store import JobLocks, Leadership, Store, open_store
 
 log = logging.getLogger("cronpy")
@@ -538,6 +539,8 @@ def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list
     try:
         zone(tz)
         sched = parse_schedule(expr)
+        if isinstance(sched, Every) and sched.seconds > MAX_DURATION:
+            raise ValueError(f"an interval must be at most {MAX_DURATION / 86400:g}d, got {expr!r}")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return _next(JobSpec(name="expr", schedule=sched, timezone=tz), start, count)
@@ -549,7 +552,17 @@ def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], s
     if start.tzinfo is None:
         start = start.replace(tzinfo=zone(spec.timezone))
     tz = zone(spec.timezone)
-    times = [t.astimezone(tz) for t in upcoming(spec, start, count)]
+    times: list[datetime] = []
+    t, anchor = start, None
+    while len(times) < count:
+        try:
+            nxt = next_fire(spec, t, anchor)
+        except (OverflowError, ValueError):  # past datetime's year 9999: the calendar ends here
+            break
+        if nxt is None:
+            break
+        times.append(nxt.astimezone(tz))
+        t = anchor = nxt
     words = describe(spec.schedule)
     if words:
         words = f"{words} ({spec.timezone})"
@@ -578,6 +591,8 @@ def cancel(jobs: JobSet, target: str, state_dir: Path | None, store: str | None 
     """`cronpy cancel NAME|RUN_ID`: TERM each matching run's process group, KILL after its grace."""
     with open_backend(jobs, state_dir, store)[0] as h:
         if target.isdigit():
+            if int(target) >= 2**63:  # past the store's 64-bit ids (SQLite raised OverflowError)
+                raise RunNotFound(int(target))
             rec = h.get(int(target))
             if rec.status is not RunStatus.RUNNING:
                 raise NothingToDo(f"run {rec.id} of {rec.job} is not running (it is {rec.status.value})")
