@@ -59,7 +59,10 @@ MAX_COUNT = 100_000  #: `next --count`: ~1 s of work
 
 
 def _fail(exc: CronpyError) -> typer.Exit:
-    sys.stderr.write(f"Error: {exc}\n")
+    from cronpy.redact import redact_text
+
+    # A store error may quote its URL: never print the password or a token in it.
+    sys.stderr.write(f"Error: {redact_text(str(exc))}\n")
     return typer.Exit(exc.exit_code)
 
 

@@ -23,6 +23,7 @@ from typing import Callable
 from cronpy.clock import Clock, SystemClock
 from cronpy.config import MAX_DURATION, get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
+from cronpy.redact import RedactingFilter, redact_text, redact_url
 from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, RunNotFound,
                            StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
@@ -55,6 +56,9 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    # Whatever a log line quotes (a ping URL, a store's connection error), no secret in it
+    # reaches the terminal or the journal.
+    handler.addFilter(RedactingFilter())
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
@@ -262,6 +266,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         metrics = Metrics(metrics_port, metrics_address, lambda: runner.active_count,
                           lambda: {j: t.timestamp() for j, t in runner.next_per_job().items()})
         runner.observers.append(metrics)
+        integrations.on_drop = metrics.notifications_dropped.inc
         log.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
     notifier = Notifier()
     reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
@@ -699,7 +704,7 @@ def status(file: Path | None, state_dir: Path | None, store: str | None = None) 
 
 
 def _fleet_status(url: str, sd: Path) -> Status:
-    from cronpy.pgstore import PgStore, redact
+    from cronpy.pgstore import PgStore
 
     local = _local_runner(sd)
     try:
@@ -709,4 +714,5 @@ def _fleet_status(url: str, sd: Path) -> Status:
                           h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
                           h.paused(), store=h.location, fleet=h.fleet())
     except HistoryError as exc:
-        return Status(sd, None, False, local, [], [], {}, store=redact(url), store_error=str(exc))
+        return Status(sd, None, False, local, [], [], {}, store=redact_url(url),
+                      store_error=redact_text(str(exc)))
