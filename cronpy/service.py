@@ -22,7 +22,7 @@ from typing import Callable
 
 from cronpy.clock import Clock, SystemClock
 from cronpy.config import MAX_DURATION, get_job, load_jobs
-from cronpy.paths import resolve_state_dir, resolve_store
+from cronpy.paths import private_dir, resolve_state_dir, resolve_store, secure_state_dir, write_private
 from cronpy.redact import RedactingFilter, redact_text, redact_url
 from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, RunNotFound,
                            StoreUnreachable)
@@ -81,8 +81,10 @@ def _runner_alive(pid: int) -> bool:
         return True  # cannot tell (another user's process): assume it is alive
 
 
-def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], None] | None = None) -> None:
-    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once. SIGHUP: reload."""
+def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], None] | None = None, *,
+                     hangup_stops: bool = False) -> None:
+    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once. SIGHUP: reload, or
+    with `hangup_stops` (a foreground `trigger` whose terminal went away) stop like SIGTERM."""
     count = {"n": 0}
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -94,7 +96,9 @@ def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], No
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if on_reload is not None:
+    if hangup_stops:
+        signal.signal(signal.SIGHUP, stop)
+    elif on_reload is not None:
         signal.signal(signal.SIGHUP, lambda signum, frame: on_reload())
 
 
@@ -212,11 +216,9 @@ def _write_status(sd: Path, runner: Runner, jobs_file: Path, since: datetime,
         "next": [{"job": d.job, "at": d.when.isoformat(), "trigger": d.trigger.value} for d in runner.upcoming(10)],
         "store": store,
     }
-    tmp = sd / f".{STATUS_FILE}.{os.getpid()}"
     try:
-        sd.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, sd / STATUS_FILE)
+        private_dir(sd)
+        write_private(sd / STATUS_FILE, json.dumps(data))
     except OSError as exc:
         log.debug("cannot write %s: %s", STATUS_FILE, exc)
 
@@ -227,6 +229,10 @@ def open_backend(jobs: JobSet, state_dir: Path | None, store: str | None = None,
     is given (--store, $CRONPY_STORE, the file's `store`), else SQLite and flock in the state dir."""
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
     url = resolve_store(store, jobs.store)
+    if not readonly:
+        fixed = secure_state_dir(sd)
+        if fixed:
+            log.warning("state dir %s: made private to this user (%s)", sd, ", ".join(fixed))
     history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease)
     if url:
         from cronpy.pgstore import PgStore
@@ -395,7 +401,9 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
                         observers=[integrations], chains=chain)
         if history.fenced:
             history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
-        _install_signals(lambda urgent: runner.request_stop(now=True))
+        # A closed SSH session sends SIGHUP: the default action killed cronpy like kill -9 and
+        # left the run `running`; stop the job and record it as for SIGTERM instead.
+        _install_signals(lambda urgent: runner.request_stop(now=True), hangup_stops=True)
         try:
             if live:
                 live.start()
