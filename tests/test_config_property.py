@@ -59,16 +59,43 @@ FRAGMENTS = [
     b": ", b"? ", b"- ", b"'", b'"', b"|", b">", b"%YAML 1.1\n", b"%TAG ! tag:x,2000:\n", b"---\n", b"...\n", b"#",
     b"99999999999999999999999999", b"99999999999999d", b"4000000d", b"1e400", b".inf", b".nan", b"-1s", b"0s",
     b"~", b"null", b"", b"2026-02-30", b"* * * * * * *", b"@reboot", b"0 0 30 2 *",
+    b"[" * 600 + b"]" * 600, b"{a: " * 300 + b"1" + b"}" * 300,
+]
+# Whole values put in place of a key's value: what crashed or froze the loader before, balanced
+# deep nesting (RecursionError), an empty value (AttributeError on durations), plus the rest.
+VALUES = [b"", b"[" * 600 + b"]" * 600, b"- " * 600 + b"x", b"*a", b"&a x", b"!!python/name:os.system",
+          b"99999999999999d", b"4000000d", b"1" + b"0" * 400, b".inf", b"\x1b[31m", b"{}", b"[]", b"~"]
+# Whole top-level entries put in front of the file: an alias bomb (9^8 values: minutes and
+# gigabytes before), deep block nesting, a second document.
+TOP = [
+    b"b0: &b0 [x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        b"b%d: &b%d [" % (i, i) + b", ".join([b"*b%d" % (i - 1)] * 9) + b"]\n" for i in range(1, 9)),
+    b"".join(b"  " * i + b"k%d:\n" % i for i in range(1500)),
+    b"---\nx: 1\n---\n", b"%YAML 1.1\n---\n",
 ]
 
 
 @st.composite
-def mutated(draw: st.DrawFn) -> bytes:
+def mutated(draw: st.DrawFn, hostile: bool = False) -> bytes:
+    """The seed with 1-6 mutations; with `hostile`, one that puts a known-bad value or
+    top-level entry in (so that a small sample of real processes meets them, unmasked by a
+    syntax error from another mutation)."""
     data = bytearray(SEED)
-    for _ in range(draw(st.integers(1, 6))):
+    for i in range(1 if hostile else draw(st.integers(1, 6))):
         at = draw(st.integers(0, len(data)))
-        kind = draw(st.sampled_from(["insert", "delete", "duplicate", "byte"]))
-        if kind == "insert":
+        kinds = ["value", "top"] if hostile and i == 0 else ["insert", "delete", "duplicate", "byte", "value", "top"]
+        kind = draw(st.sampled_from(kinds))
+        if kind == "value":
+            # Replace the value of the `key:` on the line holding `at`.
+            start = data.rfind(b"\n", 0, at) + 1
+            end = data.find(b"\n", start)
+            end = len(data) if end < 0 else end
+            colon = data.find(b": ", start, end)
+            if colon >= 0:
+                data[colon + 2:end] = draw(st.sampled_from(VALUES))
+        elif kind == "top":
+            data[0:0] = draw(st.sampled_from(TOP))
+        elif kind == "insert":
             data[at:at] = draw(st.sampled_from(FRAGMENTS)) * draw(st.sampled_from([1, 1, 1, 3, 100]))
         elif kind == "delete":
             del data[at:at + draw(st.integers(1, 40))]
@@ -106,8 +133,8 @@ def _limit() -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None, derandomize=True)
-@given(text=mutated())
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(text=mutated(hostile=True))
 def test_the_real_validate_exits_0_or_2_without_a_traceback(tmp_path_factory: pytest.TempPathFactory,
                                                              text: bytes) -> None:
     d: Path = tmp_path_factory.mktemp("real")
