@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from cronpy.models import JobSpec, RunStatus
 
@@ -32,6 +32,14 @@ _READ_CHUNK = 64 * 1024
 DRAIN = 1.0  # seconds output is still read after the job's leader exits
 
 OutputSink = Callable[[str], None]
+
+
+class RawSink(Protocol):
+    """Receives every byte of a run's output as it arrives (`output: keep`, `cronpy logs -f`).
+
+    write() must not raise or block for long: it runs on the thread that watches the job."""
+
+    def write(self, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,9 @@ class Attempt:
 
     def __init__(self, spec: JobSpec, context: RunContext, *, sink: OutputSink | None = None,
                  base_dir: Path | None = None, extra_env: dict[str, str] | None = None,
-                 base_env: Mapping[str, str] | None = None) -> None:
+                 base_env: Mapping[str, str] | None = None, raw: RawSink | None = None) -> None:
         self.spec = spec
+        self.raw = raw
         self.context = context
         self.sink = sink
         self.base_dir = base_dir or Path.cwd()
@@ -113,17 +122,27 @@ class Attempt:
         # fails this attempt, not the runner.
         try:
             self._wake_r, self._wake_w = _wake_fds()
-            argv, env = self._argv_env(extra_env or {}, base_env)
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=str(spec.cwd) if spec.cwd else None,
-                env=env,
-                start_new_session=True,  # its own session and process group: killpg reaches its children
-                close_fds=True,
-            )
+            env_argv = self._argv_env(extra_env or {}, base_env)
+            how = spawn_settings(spec, *env_argv)
+            if how.identity is not None and self._result_dir is not None:
+                # The entry point writes its result here as the job's user.
+                os.chown(self._result_dir.name, how.identity.uid, how.identity.gid)
+            stdin_fd = _stdin_fd(how.stdin) if how.stdin is not None else None
+            try:
+                self.proc = subprocess.Popen(
+                    how.argv,
+                    stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    cwd=how.cwd,
+                    env=how.env,
+                    start_new_session=True,  # its own session and process group: killpg reaches its children
+                    close_fds=True,
+                    **(how.identity.popen_args() if how.identity is not None else {}),
+                )
+            finally:
+                if stdin_fd is not None:
+                    os.close(stdin_fd)
         except OSError as exc:
             self.start_error = f"could not start: {exc.strerror or exc}" + (
                 f" ({exc.filename})" if getattr(exc, "filename", None) else "")
@@ -158,7 +177,7 @@ class Attempt:
             return [sys.executable, "-m", "cronpy._entry"], env
         cmd = self.spec.command
         if isinstance(cmd, str):
-            return ["/bin/sh", "-c", cmd], env
+            return [self.spec.shell or "/bin/sh", "-c", cmd], env
         assert cmd is not None
         return list(cmd), env
 
@@ -185,7 +204,7 @@ class Attempt:
         if self.proc is None:
             return AttemptResult(RunStatus.FAILED, None, 0.0, "", error=self.start_error)
         tail = _Tail()
-        status = self._watch(_Lines(tail, self.sink))
+        status = self._watch(_Lines(tail, self.sink, self.raw))
         code = self.proc.wait()
         duration = time.monotonic() - self._started
         result, error = None, None
@@ -316,13 +335,16 @@ class Attempt:
 class _Lines:
     """Output as it arrives: all of it into the tail, and whole lines to the sink."""
 
-    def __init__(self, tail: _Tail, sink: OutputSink | None) -> None:
+    def __init__(self, tail: _Tail, sink: OutputSink | None, raw: RawSink | None = None) -> None:
         self.tail = tail
         self.sink = sink
+        self.raw = raw
         self.pending = bytearray()
 
     def feed(self, chunk: bytes) -> None:
         self.tail.add(chunk)
+        if self.raw is not None:
+            self.raw.write(chunk)
         if self.sink is None:
             return
         pending = self.pending
@@ -349,6 +371,106 @@ _ONE = (1).to_bytes(8, sys.byteorder)  # what an eventfd counts up by (fine for 
 # Descriptors a running job holds in this process: its output pipe, the wake eventfd and the
 # pidfd (a pipe end more without eventfd), and its job lock file.
 FDS_PER_RUN = 4
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a job runs as (`user:`/`group:`), resolved from the host's account database."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    def popen_args(self) -> dict[str, Any]:
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+
+@dataclass(frozen=True)
+class SpawnSettings:
+    """Everything needed to start one attempt's process; the executor's one seam for how a job
+    is started (argv, environment, directory, standard input, identity), whatever spawns it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    stdin: bytes | None  #: None: /dev/null
+    identity: Identity | None
+
+
+def resolve_identity(user: str | None, group: str | None) -> Identity | None:
+    """The uid, gid, supplementary groups and home of `user` (and `group`); None for neither.
+
+    Raises OSError (failing the attempt, not the runner) when the account has gone since the
+    file was loaded."""
+    if user is None and group is None:
+        return None
+    import grp
+    import pwd
+
+    try:
+        if user is None:
+            pw = pwd.getpwuid(os.geteuid())
+        else:
+            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise OSError(f"no user {user!r} on this host") from None
+    gid = pw.pw_gid
+    if group is not None:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise OSError(f"no group {group!r} on this host") from None
+    groups = tuple(os.getgrouplist(pw.pw_name, gid)) if user is not None else ()
+    return Identity(pw.pw_name, pw.pw_uid, gid, groups, pw.pw_dir or "/")
+
+
+# What the executor itself sets for every attempt: all that passes from the runner's side into a
+# `user:` job's clean environment (a CRONPY_* variable of the runner's own environment does not).
+_OWN_VARIABLES = frozenset({"CRONPY_JOB", "CRONPY_ATTEMPT", "CRONPY_RUN_ID", "CRONPY_ENTRY", "PYTHONUNBUFFERED"})
+
+# cron(8) gives a job of /etc/crontab this environment (plus the crontab's own variables);
+# PATH as Debian's cron sets it.
+LOGIN_PATH = "/usr/bin:/bin"
+
+
+def spawn_settings(spec: JobSpec, argv: list[str], env: dict[str, str]) -> SpawnSettings:
+    """Apply `user:`/`group:`/`stdin:` to an attempt's argv and environment.
+
+    With `user:`, the job gets a clean login-like environment, as cron gives one: HOME, LOGNAME,
+    USER and SHELL of that user's account (SHELL: the job's `shell`, else /bin/sh, as cron),
+    PATH=/usr/bin:/bin, then the job's `env:` and cronpy's own CRONPY_* variables; it starts in
+    the user's home unless `cwd:` says otherwise. Nothing of the runner's environment leaks in.
+    """
+    identity = resolve_identity(spec.user, spec.group)
+    cwd = str(spec.cwd) if spec.cwd else None
+    if identity is not None and spec.user is not None:
+        clean = {"HOME": identity.home, "LOGNAME": identity.name, "USER": identity.name,
+                 "SHELL": spec.shell or "/bin/sh", "PATH": LOGIN_PATH}
+        clean.update(spec.env)
+        clean.update({k: v for k, v in env.items() if k in _OWN_VARIABLES})
+        env = clean
+        if cwd is None:
+            cwd = identity.home if os.path.isdir(identity.home) else "/"
+    stdin = spec.stdin.encode("utf-8") if spec.stdin is not None else None
+    return SpawnSettings(argv, env, cwd, stdin, identity)
+
+
+def _stdin_fd(data: bytes) -> int:
+    """A readable descriptor holding `data`, positioned at its start: a memfd (no file on disk,
+    no writer thread, no pipe buffer to fill), or an unlinked temporary file."""
+    try:
+        fd = os.memfd_create("cronpy-stdin", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        fh = tempfile.TemporaryFile()
+        fd = os.dup(fh.fileno())
+        fh.close()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _wake_fds() -> tuple[int, int]:

@@ -99,6 +99,15 @@ class Lock:
     def held(self) -> bool:
         return self._held.is_set()
 
+    def opened_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the lock file this process holds open; None if not held (see
+        stateguard: the file at the path may since have been deleted or replaced)."""
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        if not self.held or not isinstance(fd, int):
+            return None
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino)
+
     def is_locked_elsewhere(self) -> bool:
         """True if another process (or Lock object) holds it; never blocks."""
         if self.held:

@@ -20,21 +20,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable
 
-from cronpy.clock import Clock, SystemClock
-from cronpy.config import MAX_DURATION, get_job, load_jobs
+from cronpy.clock import Clock, StepDetector, SystemClock
+from cronpy.config import MAX_DURATION, check_runnable, get_job, load_jobs
 from cronpy.paths import private_dir, resolve_state_dir, resolve_store, secure_state_dir, write_private
 from cronpy.redact import RedactingFilter, redact_text, redact_url
-from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, RunNotFound,
-                           StoreUnreachable)
+from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, EXIT_USAGE, ConfigError, CronpyError, HistoryDamaged, HistoryError,
+                           LockHeld, RunNotFound, StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.history import HOST
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
-from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
+from cronpy import outputs
+from cronpy.models import DEFAULT_OUTPUT_MAX, Every, JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule
+from cronpy.stateguard import StateGuard
 from cronpy.store import JobLocks, Leadership, Store, open_store
+# Re-exported: `list` and `next` call service.describe; the web imports cronpy.words directly.
+from cronpy.words import describe
 
 log = logging.getLogger("cronpy")
 _print_lock = threading.Lock()
@@ -102,8 +106,9 @@ def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], No
         signal.signal(signal.SIGHUP, lambda signum, frame: on_reload())
 
 
-def _prune_loop(history: Store, retention: float, stop: threading.Event, clock: Clock) -> None:
-    """Delete runs older than the retention, hourly, off the scheduling thread."""
+def _prune_loop(history: Store, retention: float, stop: threading.Event, clock: Clock,
+                runner: Runner | None = None, sd: Path | None = None) -> None:
+    """Delete runs (and kept output files) older than the retention, hourly, off the scheduling thread."""
     while not stop.is_set():
         try:
             removed = history.prune(clock.now() - timedelta(seconds=retention))
@@ -111,7 +116,19 @@ def _prune_loop(history: Store, retention: float, stop: threading.Event, clock: 
                 log.info("history: pruned %d run(s) older than the retention", removed)
         except Exception as exc:  # never let pruning take the runner down
             log.error("history: pruning failed: %s", exc)
+        if runner is not None and sd is not None:
+            _prune_outputs(runner.jobs, sd, clock.now().timestamp() - retention)
         stop.wait(3600)
+
+
+def _prune_outputs(jobs: JobSet, sd: Path, older_than: float) -> None:
+    try:
+        caps = {name: spec.output_max for name, spec in jobs.jobs.items()}
+        removed = outputs.prune(sd, older_than, caps, DEFAULT_OUTPUT_MAX)
+        if removed:
+            log.info("output: pruned %d kept output file(s) (retention, output_max)", removed)
+    except Exception as exc:
+        log.error("output: pruning failed: %s", exc)
 
 
 class _Reloader:
@@ -233,7 +250,8 @@ def open_backend(jobs: JobSet, state_dir: Path | None, store: str | None = None,
         fixed = secure_state_dir(sd)
         if fixed:
             log.warning("state dir %s: made private to this user (%s)", sd, ", ".join(fixed))
-    history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease)
+    history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease,
+                         skew=(jobs.clock_skew_warning, jobs.clock_skew_limit))
     if url:
         from cronpy.pgstore import PgStore
 
@@ -254,14 +272,52 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     setup_logging(verbose)
     clock = clock or SystemClock()
     jobs = load_jobs(jobs_file, now=clock.now())  # nothing starts unless the whole file is valid
+    check_runnable(jobs)  # user:/group: need root, notify: needs Apprise: refuse before starting
+    for warning in jobs.warnings:
+        log.warning("%s", warning)
     _fd_budget(jobs)
     backend = _open_when_reachable(jobs, state_dir, store)
     if backend is None:  # stopped while the store was unreachable
         return 0
     history, locks, leadership, sd = backend
     history.register_runner("standby")
-    integrations = Integrations()
-    runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations])
+    notifier = Notifier()
+    integrations = Integrations(previous=_previous_status(history))
+    runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations], state_dir=sd,
+                    boot=outputs.BootMarks(sd))
+    if isinstance(clock, SystemClock):
+        runner.steps = StepDetector()
+    if notifier.watchdog_interval is not None:
+        # The loop beats at least once per ping interval; a ping goes out only while the last
+        # beat is younger than two intervals, so a stuck loop (a hung reload, a blocked store)
+        # stops the pings and systemd restarts the service after WatchdogSec=.
+        interval = notifier.watchdog_interval
+        runner.max_sleep = interval
+        notifier.start_watchdog(lambda: runner.alive(2 * interval))
+    fatal: list[str] = []  # why this runner must stop and exit 2 (a state-dir error)
+
+    def on_damaged(exc: HistoryDamaged) -> None:
+        # A corrupt database never heals: stop (running jobs get their grace) and exit 2 with
+        # one clear error, instead of standing by and retrying in a loop.
+        fatal.append(str(exc))
+        runner.request_stop()
+
+    history.on_damaged = on_damaged  # type: ignore[attr-defined]
+    guard = None
+    if not history.fenced:
+        # The state dir deleted or swapped under us: this runner's flock and database are no
+        # longer the ones a new runner would use. Stop scheduling, loudly, and exit 2.
+        guard = StateGuard()
+        guard.watch(Path(history.location))
+
+        def on_state_lost(why: str) -> None:
+            log.error("the state dir %s was changed under this runner (%s): it no longer holds the scheduler"
+                      " lock or history there, so it stops scheduling now and exits with status 2 once its"
+                      " running jobs end; start it again to use the new state dir", sd, why)
+            fatal.append(f"the state dir {sd} was changed under this runner ({why})")
+            runner.request_stop()
+
+        guard.start(on_state_lost)
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
         history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -274,36 +330,46 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         runner.observers.append(metrics)
         integrations.on_drop = metrics.notifications_dropped.inc
         log.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
-    notifier = Notifier()
     reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
     _install_signals(lambda urgent: runner.request_stop(now=urgent), reloader.request)
     # A fleet's failover takes up to a lease: an instant due meanwhile still fires, late.
     late_window = MISFIRE_GRACE + timedelta(seconds=jobs.leader_lease if history.fenced else 0)
     since = clock.now()
     stop_pruning = threading.Event()
-    watchdog = False
+    pruning = False
+    retry_in = 1.0  # after a failed start, doubling to 30 s
     try:
         while not runner.stopping:
             if not _stand_by(leadership, runner, notifier, history, sd, jobs_file, since):
                 break
+            lock = getattr(leadership, "lock", None)
+            if guard is not None and lock is not None:
+                guard.watch(lock.path, lock.opened_identity())
             try:
                 _recover(history, runner.jobs, clock.now())  # runner.jobs: the file as last reloaded
                 runner.start(clock.now(), late_window=late_window)
             except HistoryError as exc:
-                log.error("cannot load the schedule from the store, standing by: %s", exc)
                 runner.step_down()
                 leadership.release()
+                if isinstance(exc, HistoryDamaged):
+                    fatal.append(str(exc))
+                    break
+                log.error("cannot load the schedule from the store, standing by (retrying in %.0fs): %s",
+                          retry_in, exc)
+                runner.wake.clear()
+                runner.wake.wait(retry_in)  # a store that cannot be read now is not asked again at once
+                retry_in = min(retry_in * 2, 30.0)
                 continue
+            retry_in = 1.0
             log.info("cronpy: %d job(s) from %s, %s %s; next: %s", len(runner.jobs.jobs), jobs.source,
                      "store" if history.fenced else "state dir", history.location if history.fenced else sd,
                      _summary(runner).split("next: ", 1)[1])
             notifier.ready(_summary(runner))
-            if not watchdog:
-                notifier.start_watchdog(runner.healthy)
-                watchdog = True
+            if not pruning:
+                pruning = True
                 if jobs.history_retention:
-                    threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
-                                     daemon=True, name="prune").start()
+                    threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock,
+                                                               runner, sd), daemon=True, name="prune").start()
 
             def on_wake() -> None:
                 reloader()
@@ -320,6 +386,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         notifier.stopping()
         stop_pruning.set()
         integrations.close()
+        if fatal:
+            log.error("cronpy: stopped: %s", fatal[0])
+            return EXIT_USAGE
         log.info("cronpy: stopped")
     finally:
         try:
@@ -327,6 +396,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         except OSError:
             pass
         leadership.release()
+        if guard is not None:
+            guard.close()
         notifier.close()
         if metrics is not None:
             metrics.close()
@@ -361,13 +432,15 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
     said = ""  # what was last logged, so that a long standby logs each change once
     last_status = 0.0
     while not runner.stopping:
+        runner.beat()  # standing by is the loop alive too (the watchdog)
         try:
             if leadership.try_acquire():
                 if said:
                     log.info("took over the scheduler %s", "lease" if history.fenced else "lock")
                 return True
-            holder = leadership.holder()
-            why = str(LockHeld("the scheduler", holder.describe() if holder else None))
+            refused = getattr(leadership, "refused", None)  # a fleet host whose clock is off
+            holder = None if refused else leadership.holder()
+            why = refused or str(LockHeld("the scheduler", holder.describe() if holder else None))
         except CronpyError as exc:  # the store cannot be reached: nobody here can prove leadership
             why = f"cannot reach the store: {exc}"
         if why != said and not (why.startswith("cannot reach") and said.startswith("cannot reach")):
@@ -392,13 +465,14 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     """
     setup_logging()
     get_job(jobs, name)
-    history, locks, _, _ = open_backend(jobs, state_dir, store)
+    check_runnable(jobs, only=None if chain else name)  # a chain may run any job of the file
+    history, locks, _, sd = open_backend(jobs, state_dir, store)
     with history:
         history.register_runner("trigger")
         live = _LiveTrigger(name) if sys.stdout.isatty() else None
-        integrations = Integrations()
+        integrations = Integrations(previous=_previous_status(history))
         runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
-                        observers=[integrations], chains=chain)
+                        observers=[integrations], chains=chain, state_dir=sd)
         if history.fenced:
             history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
         # A closed SSH session sends SIGHUP: the default action killed cronpy like kill -9 and
@@ -429,6 +503,17 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     if rec.exit_code is not None and rec.exit_code > 0:
         return rec.exit_code
     return 1
+
+
+def _previous_status(history: Store) -> Callable[[str, int], RunStatus | None]:
+    """How a job's last finished run before run `run_id` ended (for `notify: recovery`)."""
+    def previous(job: str, run_id: int) -> RunStatus | None:
+        for rec in history.query(job, limit=20):
+            if rec.id < run_id and rec.status.finished and rec.status is not RunStatus.SKIPPED:
+                return rec.status
+        return None
+
+    return previous
 
 
 def _raw_line(job: str, line: str) -> None:
@@ -514,38 +599,14 @@ def last_runs(jobs: JobSet, state_dir: Path | None, store: str | None = None) ->
         return {}
 
 
-def describe(sched: Schedule | None) -> str | None:
-    """The schedule in words ("At 03:00, Monday through Friday"), or None if it cannot say."""
-    if sched is None:
-        return None
-    if isinstance(sched, Every):
-        return f"Every {_whole(sched.seconds)}"
-    if isinstance(sched, At):
-        return f"Once, at {sched.when.isoformat(timespec='minutes')}"
-    from cron_descriptor import ExpressionDescriptor, Options  # deferred: ~70 ms to import
-
-    options = Options()
-    options.use_24hour_time_format = True
-    options.verbose = False
-    try:
-        return str(ExpressionDescriptor(sched.expr, options).get_description())
-    except Exception:  # cron-descriptor knows no `H`; the expression speaks for itself then
-        return None
-
-
-def _whole(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
 def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
     spec = get_job(jobs, name)
     return _next(spec, start, count)
 
 
-def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
+def next_for_expr(expr: str, tz: str, start: datetime, count: int,
+                  name: str = "expr") -> tuple[list[datetime], str | None]:
+    """`cronpy next --expr`: `name` is the job name `H` fields hash, as in a jobs file."""
     from cronpy.errors import UsageError
     from cronpy.schedule import zone
 
@@ -556,7 +617,7 @@ def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list
             raise ValueError(f"an interval must be at most {MAX_DURATION / 86400:g}d, got {expr!r}")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return _next(JobSpec(name="expr", schedule=sched, timezone=tz), start, count)
+    return _next(JobSpec(name=name, schedule=sched, timezone=tz), start, count)
 
 
 def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], str | None]:
@@ -652,6 +713,33 @@ def _await_cancel(h: Store, rec: RunRecord, timeout: float) -> str:
         time.sleep(0.25)
     return (f"asked the runner of run {rec.id} of {rec.job} on {rec.host} to cancel it;"
             f" it has not ended after {timeout:.0f}s (see `cronpy show {rec.id}`)")
+
+
+def recover(sd: Path) -> list[str]:
+    """`cronpy recover`: with the scheduler lock held (no runner of this state dir is running),
+    move a damaged history.db aside and salvage what SQLite can still read into a fresh one."""
+    from cronpy.recover import recover as salvage
+
+    lock = Locks(sd).scheduler()
+    try:
+        lock.acquire(wait=0.0)
+    except LockHeld as exc:
+        raise LockHeld("the scheduler", f"{exc.holder or 'another process'}; stop the runners of {sd} first") from None
+    try:
+        done = salvage(sd)
+    finally:
+        lock.release()
+    lines = [f"moved the damaged history database to {done.damaged}"]
+    if done.was_ok:
+        lines.append("note: SQLite found nothing wrong with it; it was recovered anyway")
+    lines.append(f"recovered {done.runs} run(s) into a fresh {done.path}")
+    if done.unreadable_ranges:
+        spans = ", ".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in done.unreadable_ranges[:10])
+        more = f" and {len(done.unreadable_ranges) - 10} more" if len(done.unreadable_ranges) > 10 else ""
+        lines.append(f"unreadable, lost: run ids {spans}{more} (up to {done.lost_estimate} run(s))")
+    for table in done.tables_lost:
+        lines.append(f"unreadable, lost: the {table} table ({'paused jobs' if table == 'paused' else 'cancel requests'})")
+    return lines
 
 
 class NothingToDo(CronpyError):
