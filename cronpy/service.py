@@ -287,37 +287,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                     boot=outputs.BootMarks(sd))
     if isinstance(clock, SystemClock):
         runner.steps = StepDetector()
-    if notifier.watchdog_interval is not None:
-        # The loop beats at least once per ping interval; a ping goes out only while the last
-        # beat is younger than two intervals, so a stuck loop (a hung reload, a blocked store)
-        # stops the pings and systemd restarts the service after WatchdogSec=.
-        interval = notifier.watchdog_interval
-        runner.max_sleep = interval
-        notifier.start_watchdog(lambda: runner.alive(2 * interval))
-    fatal: list[str] = []  # why this runner must stop and exit 2 (a state-dir error)
-
-    def on_damaged(exc: HistoryDamaged) -> None:
-        # A corrupt database never heals: stop (running jobs get their grace) and exit 2 with
-        # one clear error, instead of standing by and retrying in a loop.
-        fatal.append(str(exc))
-        runner.request_stop()
-
-    history.on_damaged = on_damaged  # type: ignore[attr-defined]
-    guard = None
-    if not history.fenced:
-        # The state dir deleted or swapped under us: this runner's flock and database are no
-        # longer the ones a new runner would use. Stop scheduling, loudly, and exit 2.
-        guard = StateGuard()
-        guard.watch(Path(history.location))
-
-        def on_state_lost(why: str) -> None:
-            log.error("the state dir %s was changed under this runner (%s): it no longer holds the scheduler"
-                      " lock or history there, so it stops scheduling now and exits with status 2 once its"
-                      " running jobs end; start it again to use the new state dir", sd, why)
-            fatal.append(f"the state dir {sd} was changed under this runner ({why})")
-            runner.request_stop()
-
-        guard.start(on_state_lost)
+    _start_watchdog(notifier, runner)
+    fatal, guard = _watch_faults(history, runner, sd)
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
         history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -403,6 +374,51 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
             metrics.close()
         history.close()
     return 0
+
+
+def _start_watchdog(notifier: Notifier, runner: Runner) -> None:
+    """WATCHDOG=1 only while the scheduling loop itself is alive (see Runner.alive).
+
+    The loop beats at least once per ping interval; a ping goes out only while the last beat
+    is younger than two intervals, so a stuck loop (a hung reload, a blocked store) stops the
+    pings and systemd restarts the service after WatchdogSec=.
+    """
+    interval = notifier.watchdog_interval
+    if interval is None:
+        return
+    runner.max_sleep = interval
+    notifier.start_watchdog(lambda: runner.alive(2 * interval))
+
+
+def _watch_faults(history: Store, runner: Runner, sd: Path) -> tuple[list[str], StateGuard | None]:
+    """Faults after which this runner must stop and exit 2 (a state-dir error): a damaged
+    history database, or the state dir deleted or replaced under it. Returns the list their
+    reasons are appended to, and the guard to close (None with a fleet store)."""
+    fatal: list[str] = []
+
+    def on_damaged(exc: HistoryDamaged) -> None:
+        # A corrupt database never heals: stop (running jobs get their grace) and exit 2 with
+        # one clear error, instead of standing by and retrying in a loop.
+        fatal.append(str(exc))
+        runner.request_stop()
+
+    history.on_damaged = on_damaged  # type: ignore[attr-defined]
+    if history.fenced:
+        return fatal, None
+    # The state dir deleted or swapped under us: this runner's flock and database are no
+    # longer the ones a new runner would use. Stop scheduling, loudly, and exit 2.
+    guard = StateGuard()
+    guard.watch(Path(history.location))
+
+    def on_state_lost(why: str) -> None:
+        log.error("the state dir %s was changed under this runner (%s): it no longer holds the scheduler"
+                  " lock or history there, so it stops scheduling now and exits with status 2 once its"
+                  " running jobs end; start it again to use the new state dir", sd, why)
+        fatal.append(f"the state dir {sd} was changed under this runner ({why})")
+        runner.request_stop()
+
+    guard.start(on_state_lost)
+    return fatal, guard
 
 
 def _open_when_reachable(jobs: JobSet, state_dir: Path | None,
@@ -737,6 +753,9 @@ def recover(sd: Path) -> list[str]:
         spans = ", ".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in done.unreadable_ranges[:10])
         more = f" and {len(done.unreadable_ranges) - 10} more" if len(done.unreadable_ranges) > 10 else ""
         lines.append(f"unreadable, lost: run ids {spans}{more} (up to {done.lost_estimate} run(s))")
+    if done.after is not None:
+        lines.append("unreadable, lost: every run (the runs table's first page is gone)" if done.after == 0 and
+                     not done.runs else f"unreadable, lost: the end of the runs table (runs after id {done.after})")
     for table in done.tables_lost:
         lines.append(f"unreadable, lost: the {table} table ({'paused jobs' if table == 'paused' else 'cancel requests'})")
     return lines

@@ -70,6 +70,9 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
+        # Listening now, so the printed URL takes connections at once (the kernel queues them
+        # until uvicorn accepts); uvicorn listens again on the same socket, which is harmless.
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise UsageError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None

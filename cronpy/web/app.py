@@ -202,12 +202,16 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         env.get_template(template)  # compile now, not in the first request
     session = hmac.new(token.encode(), b"cronpy web login", hashlib.sha256).hexdigest() if token else None
 
-    def page(request: Request, template: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+    def page(request: Request, template: str, status_code: int = 200, *, public: bool = False,
+             **ctx: Any) -> HTMLResponse:
+        """Render a page; a `public` one (the login form) names no file, store or job."""
         now = dash.clock.now()
-        html = env.get_template(template).render(
-            request=request, now=now, rel=lambda dt: _relative(dt, now), config_error=dash.config_error,
-            store_error=dash.store_error, location=dash.location, jobs_file=shown_path(dash.path),
-            zone=now.astimezone().tzname(), **ctx)
+        about: dict[str, Any] = dict(config_error=None, store_error=None, no_history=False, location="", jobs_file="")
+        if not public:
+            about = dict(config_error=dash.config_error, store_error=dash.store_error, no_history=dash.no_history,
+                         location=dash.location, jobs_file=shown_path(dash.path))
+        html = env.get_template(template).render(request=request, now=now, rel=lambda dt: _relative(dt, now),
+                                                 zone=now.astimezone().tzname(), **about, **ctx)
         return HTMLResponse(html, status_code)
 
     def authorized(request: Request) -> bool:
@@ -228,8 +232,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
                 response = JSONResponse({"error": "a token is required (Authorization: Bearer …)"}, 401,
                                         headers={"WWW-Authenticate": 'Bearer realm="cronpy"'})
             else:
-                response = page(request, "login.html", 401, next=_next_url(request.url.path, request.url.query),
-                                wrong=False)
+                response = page(request, "login.html", 401, public=True,
+                                next=_next_url(request.url.path, request.url.query), wrong=False)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="cronpy"'
         else:
             response = await call_next(request)
@@ -283,7 +287,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
             raise HTTPException(404, f"no job named {name!r} in the jobs file or the history") from None
         hist = dash.history(name, status=status, since=since, before=before)
         chart = charts.durations_chart(dash.chart_runs(name), _short)
-        days = [(d, n, bad, charts.rate_bar(bad, n)) for d, n, bad in dash.daily(name)]
+        daily = dash.daily(name)
+        days = [(d, n, bad, charts.rate_bar(bad, n)) for d, n, bad in daily]
 
         def hist_url(**change: Any) -> str:
             params = {"status": status.value if status else "", "since": window, "before": ""}
@@ -294,7 +299,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         return page(request, "job.html", name=name, spec=spec, stats=stats, paused=paused, instants=instants,
                     words=dash.words(spec) if spec else None, hist=hist, status=status.value if status else "",
                     window=window, windows=WINDOWS, statuses=[s.value for s in RunStatus], before=before,
-                    hist_url=hist_url, chart=chart, days=days, live=LIVE_SLOW)
+                    hist_url=hist_url, chart=chart, days=days, daily_chart=charts.daily_chart(daily),
+                    live=LIVE_SLOW)
 
     def run_page(request: Request) -> Response:
         run = _run(dash, request.path_params["run_id"])
@@ -313,8 +319,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
-            return page(request, "login.html", next=_next_url(request.query_params.get("next", "/"), ""),
-                        wrong=False)
+            return page(request, "login.html", public=True,
+                        next=_next_url(request.query_params.get("next", "/"), ""), wrong=False)
         body = await request.body()
         form = parse_qs(body[:4096].decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
@@ -322,7 +328,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         if token is None or session is None:
             return RedirectResponse(target, 303)
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return page(request, "login.html", 401, next=target, wrong=True)
+            return page(request, "login.html", 401, public=True, next=target, wrong=True)
         response = RedirectResponse(target, 303)
         response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
@@ -364,7 +370,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         except HistoryError:
             pass
         ok = dash.store_error is None
-        return JSONResponse({"ok": ok, "store": "readable" if ok else "unreadable"}, 200 if ok else 503)
+        state = "empty" if dash.no_history else "readable" if ok else "unreadable"
+        return JSONResponse({"ok": ok, "store": state}, 200 if ok else 503)
 
     async def error(request: Request, exc: Exception) -> Response:
         code = exc.status_code if isinstance(exc, HTTPException) else 503

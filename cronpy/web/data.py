@@ -128,6 +128,7 @@ class Dashboard:
         self.config_error: str | None = None
         self._store: Store | None = None
         self.store_error: str | None = None
+        self.no_history = False  #: the state dir has no history.db yet (nothing has run)
         self._words: dict[str, str | None] = {}
 
     @property
@@ -159,7 +160,11 @@ class Dashboard:
     def store(self) -> Iterator[Store | None]:
         """The store, or None while it cannot be opened (`store_error` says why)."""
         with self._lock:
-            if self._store is None:
+            self.no_history = False
+            if self._store is None and not self.url and not (self.state_dir / "history.db").exists():
+                # Nothing has run with this state dir yet: an empty history, not a fault.
+                self.no_history, self.store_error = True, None
+            elif self._store is None:
                 try:
                     self._store = open_store(self.url, self.state_dir, readonly=True)
                     self.store_error = None
