@@ -777,7 +777,8 @@ def load_jobs(path: str | os.PathLike[str], *, now: datetime | None = None) -> J
         with p.open("rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(str(p), [Problem(None, "", "no such file")]) from None
+        raise ConfigError(str(p), [Problem(None, "", "no such file (name the jobs file with -f FILE or "
+                                                    "$CRONPY_FILE; the default is ./jobs.yaml)")]) from None
     except IsADirectoryError:
         raise ConfigError(str(p), [Problem(None, "", "is a directory, not a jobs file")]) from None
     except OSError as exc:
@@ -842,6 +843,6 @@ def check_runnable(jobs: JobSet, *, euid: int | None = None, only: str | None = 
             except ImportError:
                 apprise_missing = spec.name
                 problems.append(Problem(spec.line, f"jobs.{spec.name}.notify",
-                                        "notifications need Apprise: pip install 'cronpy[notify]'"))
+                                        "notifications need Apprise: pip install 'cronpy-runner[notify]'"))
     if problems:
         raise ConfigError(str(jobs.source or "<string>"), problems)

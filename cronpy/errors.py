@@ -92,6 +92,9 @@ class HistoryError(CronpyError):
         super().__init__(f"history database {path}: {reason}")
 
 
+class NoHistory(HistoryError):
+    """Raised when a history is opened read-only before anything was recorded in it (no
+    database file yet, or no tables in the fleet's database). The CLI shows an empty answer."""
 class HistoryDamaged(HistoryError):
     """Raised when SQLite finds the history database corrupt ("database disk image is
     malformed", "file is not a database"): retrying cannot help; `cronpy recover` moves the

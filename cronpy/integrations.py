@@ -363,7 +363,7 @@ def notification(spec: JobSpec, record: RunRecord, *, recovered: bool = False) -
 
 
 def _send_apprise(url: str, subject: str, body: str) -> None:
-    # Imported here: Apprise is an extra (`cronpy[notify]`), and loading its plugins takes ~100 ms.
+    # Imported here: Apprise is an extra (`cronpy-runner[notify]`), and loading its plugins takes ~100 ms.
     import apprise
 
     sender = apprise.Apprise()

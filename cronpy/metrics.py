@@ -22,7 +22,7 @@ class Metrics:
             from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
             from prometheus_client.core import GaugeMetricFamily
         except ImportError:
-            raise UsageError("--metrics-port needs prometheus-client: pip install 'cronpy[metrics]'") from None
+            raise UsageError("--metrics-port needs prometheus-client: pip install 'cronpy-runner[metrics]'") from None
         self.registry = CollectorRegistry()
         self.runs = Counter("cronpy_runs", "Finished runs by job and status.", ["job", "status"], registry=self.registry)
         self.duration = Histogram("cronpy_run_duration_seconds", "Duration of finished runs.", ["job"],

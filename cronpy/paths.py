@@ -42,6 +42,24 @@ def resolve_state_dir(
     return Path(xdg) / "cronpy"
 
 
+def ensure_state_dir(path: Path) -> Path:
+    """Create the state dir if needed and check it is a writable directory; a UsageError
+    (exit 2, naming the dir and the fix) otherwise, never an OSError traceback."""
+    from cronpy.errors import UsageError
+
+    hint = ("choose a writable one with --state-dir, $CRONPY_STATE_DIR or the file's state_dir;"
+            " under systemd, StateDirectory= provides /var/lib/cronpy")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"state dir {path}: cannot create it: {exc.strerror or exc} ({hint})") from None
+    if not path.is_dir():
+        raise UsageError(f"state dir {path}: not a directory ({hint})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"state dir {path}: not writable by this user ({hint})")
+    return path
+
+
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 

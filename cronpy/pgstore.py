@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 
 from cronpy.redact import redact_url as redact
-from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader, RunNotFound, StoreUnreachable
+from cronpy.errors import CronpyError, HistoryError, LockHeld, NoHistory, NotLeader, RunNotFound, StoreUnreachable
 from cronpy.history import CLAIMED_TRIGGERS, COLUMNS, HOST, NewRun, result_json, run_filters, run_record
 from cronpy.locks import Holder
 from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
@@ -227,7 +227,7 @@ class PgStore:
     def __init__(self, url: str, *, lease: float = 10.0, readonly: bool = False, role: str = "client",
                  skew: tuple[float, float] | None = None) -> None:
         if psycopg is None:
-            raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy[postgres]'")
+            raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy-runner[postgres]'")
         self.url = url
         self.location = redact(url)
         self.lease = float(lease)
@@ -289,7 +289,7 @@ class PgStore:
         with self._db.use() as cur:
             cur.execute("SELECT to_regclass('cronpy.runs') IS NOT NULL")
             if not cur.fetchone()[0]:
-                raise HistoryError(self.location, "no history yet (no runner has used this database)")
+                raise NoHistory(self.location, "no history yet (no runner has used this database)")
 
     def close(self) -> None:
         self._stop.set()

@@ -55,8 +55,12 @@ class _JournalFormatter(logging.Formatter):
 
 
 def setup_logging(verbose: bool = False) -> None:
+    from cronpy import logfmt
+
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if logfmt.FORMAT == "json":
+        handler.setFormatter(logfmt.JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
@@ -69,8 +73,11 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _print_line(job: str, line: str) -> None:
+    from cronpy import logfmt
+
+    text = logfmt.json_line("info", line, job=job, output=True) if logfmt.FORMAT == "json" else f"{job} | {line}"
     with _print_lock:
-        sys.stdout.write(f"{job} | {line}\n")
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
 
@@ -474,10 +481,11 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
 
 
 def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | None = None, wait: float = 0.0,
-            chain: bool = False) -> int:
+            chain: bool = False, report: Callable[[RunRecord], None] | None = None) -> int:
     """`cronpy trigger`: run one job now through the runner's own path; return its exit status.
 
-    On a terminal the job's output streams under a line showing the elapsed time.
+    On a terminal the job's output streams under a line showing the elapsed time. With
+    `report` (`--json`), the run is passed to it and the job's output goes to stderr.
     """
     setup_logging()
     get_job(jobs, name)
@@ -485,9 +493,12 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     history, locks, _, sd = open_backend(jobs, state_dir, store)
     with history:
         history.register_runner("trigger")
-        live = _LiveTrigger(name) if sys.stdout.isatty() else None
+        from cronpy import logfmt
+
+        live = _LiveTrigger(name) if sys.stdout.isatty() and report is None and logfmt.FORMAT == "text" else None
         integrations = Integrations(previous=_previous_status(history))
-        runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
+        output = live.line if live else _err_line if report is not None else _raw_line
+        runner = Runner(jobs, history, locks, SystemClock(), output=output,
                         observers=[integrations], chains=chain, state_dir=sd)
         if history.fenced:
             history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -505,6 +516,8 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
         if run_id is None:
             return EXIT_LOCKED
         rec = history.get(run_id)
+        if report is not None:
+            report(rec)
         if chain and rec.job != name:
             # The chain's last run was a dependent; the exit status is the worst of the chain.
             failed = [r for r in history.query(since=rec.started_at, limit=None) if r.status is not RunStatus.SUCCESS
@@ -533,9 +546,19 @@ def _previous_status(history: Store) -> Callable[[str, int], RunStatus | None]:
 
 
 def _raw_line(job: str, line: str) -> None:
+    from cronpy import logfmt
+
+    if logfmt.FORMAT == "json":
+        return _print_line(job, line)
     with _print_lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def _err_line(job: str, line: str) -> None:
+    with _print_lock:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 class _LiveTrigger:
@@ -546,17 +569,34 @@ class _LiveTrigger:
 
         self.name = name
         self.console = Console()
-        self._status = self.console.status(f"{name}: running")
+        from rich.text import Text
+
+        # A job name is data, never markup (`[/x]` must not raise MarkupError).
+        self._status = self.console.status(Text(f"{name}: running"))
         self._stop = threading.Event()
         self._started = time.monotonic()
 
     def start(self) -> None:
+        # Log records print through the live console, above the spinner: written straight to
+        # stderr they would land on the spinner's line of the same terminal.
+        console = self.console
+
+        class _Above(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+
+        handler = _Above()
+        handler.setFormatter(log.handlers[0].formatter if log.handlers else None)
+        self._saved = log.handlers[:]
+        log.handlers[:] = [handler]
         self._status.start()
         threading.Thread(target=self._tick, daemon=True).start()
 
     def _tick(self) -> None:
         while not self._stop.wait(0.1):
-            self._status.update(f"{self.name}: running, {time.monotonic() - self._started:.1f}s")
+            from rich.text import Text
+
+            self._status.update(Text(f"{self.name}: running, {time.monotonic() - self._started:.1f}s"))
 
     def line(self, job: str, line: str) -> None:
         prefix = "" if job == self.name else f"{job} | "
@@ -565,8 +605,9 @@ class _LiveTrigger:
     def stop(self) -> None:
         self._stop.set()
         self._status.stop()
+        log.handlers[:] = getattr(self, "_saved", log.handlers)
         self.console.print(f"{self.name}: finished in {time.monotonic() - self._started:.1f}s", style="dim",
-                           highlight=False)
+                           highlight=False, markup=False)
 
 
 def _reading(jobs: JobSet, state_dir: Path | None, store: str | None) -> Store:
