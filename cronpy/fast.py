@@ -219,7 +219,10 @@ def guarded(fn: Callable[[], int | None]) -> int:
     try:
         return fn() or 0
     except CronpyError as exc:
-        sys.stderr.write(f"Error: {exc}\n")
+        from cronpy.redact import redact_text
+
+        # A store error may quote its URL: never print the password or a token in it.
+        sys.stderr.write(f"Error: {redact_text(str(exc))}\n")
         return exc.exit_code
     except BrokenPipeError:
         # Python would complain again while flushing stdout at exit.

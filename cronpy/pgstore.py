@@ -27,8 +27,8 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
+from cronpy.redact import redact_url as redact
 from cronpy.errors import CronpyError, HistoryError, LockHeld, NoHistory, NotLeader, RunNotFound, StoreUnreachable
 from cronpy.history import CLAIMED_TRIGGERS, COLUMNS, HOST, NewRun, result_json, run_filters, run_record
 from cronpy.locks import Holder
@@ -136,16 +136,6 @@ MIGRATIONS: list[str] = [
         WHERE status IN ({_FINISHED_SQL}) AND duration IS NOT NULL;
     """,
 ]
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
 
 def _row(r: Sequence[Any]) -> RunRecord:
     return run_record(r, lambda t: t)  # psycopg returns timestamptz as aware datetimes
