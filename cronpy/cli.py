@@ -59,6 +59,12 @@ LogFormatOpt = Annotated[str, typer.Option(
     metavar="text|json")]
 
 
+# Bounds of numeric arguments, so that a huge number is a usage error (exit 2), not an
+# OverflowError from SQLite or a loop that never ends.
+MAX_LIMIT = 10_000_000  #: `history --limit`
+MAX_RUN_ID = 2**63 - 1  #: run ids are SQLite/PostgreSQL 64-bit integers
+
+
 def _guard(fn: Callable[[], int | None]) -> None:
     """Run a command body, turning CronpyError into `Error: …` and its exit status."""
     code = guarded(fn)
@@ -201,7 +207,7 @@ def history(
     status: Annotated[Optional[str], typer.Option(
         "--status", "-s", help=f"Only runs with this status: {reads.STATUS_HELP}.", metavar="STATUS")] = None,
     since: SinceOpt = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.", min=1, max=MAX_LIMIT)] = 50,
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
@@ -219,7 +225,7 @@ def history(
 @app.command()
 def show(
     run_id: Annotated[int, typer.Argument(help="Run id, as `history` shows it.", show_default=False,
-                                          metavar="RUN_ID")],
+                                          metavar="RUN_ID", min=1, max=MAX_RUN_ID)],
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,

@@ -30,6 +30,9 @@ class Metrics:
         self.last_success = Gauge("cronpy_last_success_timestamp_seconds",
                                   "When the job's latest successful run finished (Unix time).", ["job"],
                                   registry=self.registry)
+        self.notifications_dropped = Counter(
+            "cronpy_notifications_dropped", "Pings, webhooks and hooks dropped because the endpoints were too "
+            "slow and the queue was full.", registry=self.registry)
         gauge_running = Gauge("cronpy_running", "Runs in progress.", registry=self.registry)
         gauge_running.set_function(lambda: float(running()))
 

@@ -21,18 +21,19 @@ from types import FrameType
 from typing import Callable
 
 from cronpy.clock import Clock, StepDetector, SystemClock
-from cronpy.config import check_runnable, get_job, load_jobs
-from cronpy.paths import resolve_state_dir, resolve_store
+from cronpy.config import MAX_DURATION, check_runnable, get_job, load_jobs
+from cronpy.paths import private_dir, resolve_state_dir, resolve_store, secure_state_dir, write_private
+from cronpy.redact import RedactingFilter, redact_text, redact_url
 from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, EXIT_USAGE, ConfigError, CronpyError, HistoryDamaged, HistoryError,
-                           LockHeld, NoHistory, StoreUnreachable)
+                           LockHeld, NoHistory, RunNotFound, StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy import outputs
-from cronpy.models import DEFAULT_OUTPUT_MAX, JobSet, JobSpec, RunRecord, RunStatus
+from cronpy.models import DEFAULT_OUTPUT_MAX, Every, JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import MISFIRE_GRACE, Runner
-from cronpy.schedule import next_fire, parse_schedule, upcoming
+from cronpy.schedule import next_fire, parse_schedule
 from cronpy.stateguard import StateGuard
 from cronpy.store import HOST, JobLocks, Leadership, Store, open_backend as _open_backend
 from cronpy.store.retry import OPEN, GaveUp
@@ -63,6 +64,9 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    # Whatever a log line quotes (a ping URL, a store's connection error), no secret in it
+    # reaches the terminal or the journal.
+    handler.addFilter(RedactingFilter())
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
@@ -88,8 +92,10 @@ def _runner_alive(pid: int) -> bool:
         return True  # cannot tell (another user's process): assume it is alive
 
 
-def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], None] | None = None) -> None:
-    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once. SIGHUP: reload."""
+def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], None] | None = None, *,
+                     hangup_stops: bool = False) -> None:
+    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once. SIGHUP: reload, or
+    with `hangup_stops` (a foreground `trigger` whose terminal went away) stop like SIGTERM."""
     count = {"n": 0}
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -101,7 +107,9 @@ def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], No
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if on_reload is not None:
+    if hangup_stops:
+        signal.signal(signal.SIGHUP, stop)
+    elif on_reload is not None:
         signal.signal(signal.SIGHUP, lambda signum, frame: on_reload())
 
 
@@ -243,11 +251,9 @@ def _write_status(sd: Path, runner: Runner, jobs_file: Path, since: datetime,
         "next": [{"job": d.job, "at": d.when.isoformat(), "trigger": d.trigger.value} for d in runner.upcoming(10)],
         "store": store,
     }
-    tmp = sd / f".{STATUS_FILE}.{os.getpid()}"
     try:
-        sd.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, sd / STATUS_FILE)
+        private_dir(sd)
+        write_private(sd / STATUS_FILE, json.dumps(data))
     except OSError as exc:
         log.debug("cannot write %s: %s", STATUS_FILE, exc)
 
@@ -257,7 +263,12 @@ def open_backend(jobs: JobSet, state_dir: Path | None, store: str | None = None,
     """The store of a jobs file with its job locks and leadership: PostgreSQL when a store URL
     is given (--store, $CRONPY_STORE, the file's `store`), else SQLite and flock in the state dir."""
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
-    backend = _open_backend(resolve_store(store, jobs.store), sd, readonly=readonly, lease=jobs.leader_lease,
+    url = resolve_store(store, jobs.store)
+    if not readonly:
+        fixed = secure_state_dir(sd)
+        if fixed:
+            log.warning("state dir %s: made private to this user (%s)", sd, ", ".join(fixed))
+    backend = _open_backend(url, sd, readonly=readonly, lease=jobs.leader_lease,
                             skew=(jobs.clock_skew_warning, jobs.clock_skew_limit))
     return backend.store, backend.locks, backend.leadership, sd
 
@@ -298,6 +309,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         metrics = Metrics(metrics_port, metrics_address, lambda: runner.active_count,
                           lambda: {j: t.timestamp() for j, t in runner.next_per_job().items()})
         runner.observers.append(metrics)
+        integrations.on_drop = metrics.notifications_dropped.inc
         log.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
     reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
     _install_signals(lambda urgent: runner.request_stop(now=urgent), reloader.request)
@@ -491,7 +503,9 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
         runner = Runner(jobs, history, locks, SystemClock(), output=output,
                         observers=[integrations], chains=chain, state_dir=sd)
         history.watch(on_cancel=runner.cancel_run)
-        _install_signals(lambda urgent: runner.request_stop(now=True))
+        # A closed SSH session sends SIGHUP: the default action killed cronpy like kill -9 and
+        # left the run `running`; stop the job and record it as for SIGTERM instead.
+        _install_signals(lambda urgent: runner.request_stop(now=True), hangup_stops=True)
         try:
             if live:
                 live.start()
@@ -611,6 +625,8 @@ def next_for_expr(expr: str, tz: str, start: datetime, count: int,
     try:
         zone(tz)
         sched = parse_schedule(expr)
+        if isinstance(sched, Every) and sched.seconds > MAX_DURATION:
+            raise ValueError(f"an interval must be at most {MAX_DURATION / 86400:g}d, got {expr!r}")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return _next(JobSpec(name=name, schedule=sched, timezone=tz), start, count)
@@ -622,7 +638,17 @@ def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], s
     if start.tzinfo is None:
         start = start.replace(tzinfo=zone(spec.timezone))
     tz = zone(spec.timezone)
-    times = [t.astimezone(tz) for t in upcoming(spec, start, count)]
+    times: list[datetime] = []
+    t, anchor = start, None
+    while len(times) < count:
+        try:
+            nxt = next_fire(spec, t, anchor)
+        except (OverflowError, ValueError):  # past datetime's year 9999: the calendar ends here
+            break
+        if nxt is None:
+            break
+        times.append(nxt.astimezone(tz))
+        t = anchor = nxt
     words = describe(spec.schedule)
     if words:
         words = f"{words} ({spec.timezone})"
@@ -651,6 +677,8 @@ def cancel(jobs: JobSet, target: str, state_dir: Path | None, store: str | None 
     """`cronpy cancel NAME|RUN_ID`: TERM each matching run's process group, KILL after its grace."""
     with open_backend(jobs, state_dir, store)[0] as h:
         if target.isdigit():
+            if int(target) >= 2**63:  # past the store's 64-bit ids (SQLite raised OverflowError)
+                raise RunNotFound(int(target))
             rec = h.get(int(target))
             if rec.status is not RunStatus.RUNNING:
                 raise NothingToDo(f"run {rec.id} of {rec.job} is not running (it is {rec.status.value})")
@@ -786,7 +814,6 @@ def status(file: Path | None, state_dir: Path | None, store: str | None = None) 
 def _fleet_status(url: str, sd: Path) -> Status:
     """Status from a fleet store; a store that cannot be read is reported (store_error) beside
     this host's runner.json, and the command exits 69."""
-    from cronpy.store.postgres import redact
 
     local = _local_runner(sd)
     try:
@@ -797,4 +824,5 @@ def _fleet_status(url: str, sd: Path) -> Status:
                           h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
                           h.paused(), store=h.location, fleet=h.fleet())
     except HistoryError as exc:
-        return Status(sd, None, False, local, [], [], {}, store=redact(url), store_error=str(exc))
+        return Status(sd, None, False, local, [], [], {}, store=redact_url(url),
+                      store_error=redact_text(str(exc)))

@@ -17,10 +17,10 @@ import os
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, NotLeader, StoreTooNew, StoreUnreachable
 from cronpy.locks import Holder
+from cronpy.redact import redact_url as redact
 from cronpy.skew import ClockSkew
 from cronpy.store.interfaces import HOST, Capabilities, Health, NewRun, Store, implements
 from cronpy.store.migrations import POSTGRES as MIGRATIONS
@@ -35,15 +35,6 @@ except ImportError:  # pragma: no cover - the `postgres` extra is not installed
 log = logging.getLogger("cronpy")
 FENCED = "CPF01"  # the SQLSTATE of the fencing trigger (a class of our own: "CP")
 MIGRATION_LOCK = 0x63726F6E7079  # pg_advisory_xact_lock key: runners starting together queue
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{netloc[0].split(':', 1)[0]}:***@{netloc[1]}"))
 
 
 class _Cursor:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, StoreTooNew, StoreUnavailable
+from cronpy.paths import create_private_file, private_dir
 from cronpy.store.migrations import SQLITE as MIGRATIONS
 from cronpy.store.retry import GaveUp, RetryPolicy
 from cronpy.store.interfaces import Store, implements
@@ -93,6 +94,8 @@ class SqliteStore(SqlStore):
                 self._setup()
         except sqlite3.Error as exc:
             raise sqlite_error(str(path), exc) from None
+        except OSError as exc:  # the state dir cannot be created or made private
+            raise StoreUnavailable(str(path), exc.strerror or str(exc)) from None
 
     @classmethod
     def open(cls, state_dir: Path, *, readonly: bool = False) -> "SqliteStore":
@@ -104,7 +107,8 @@ class SqliteStore(SqlStore):
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
                                  isolation_level=None, timeout=BUSY_SECONDS)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
+            create_private_file(self.path)  # SQLite gives -wal and -shm the database's mode
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_SECONDS)
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
         # synchronous=FULL: a claimed instant is on disk before its job starts, so a power cut
