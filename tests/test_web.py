@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -470,9 +471,16 @@ def test_the_api_speaks_the_cli_json(tmp_path: Path, web: Callable[..., Web]) ->
 
 
 def test_job_history_pages_by_run_id(tmp_path: Path, web: Callable[..., Web]) -> None:
+    from cronpy.history import History
+    from cronpy.models import RunStatus, Trigger
+
     jobs = write_jobs(tmp_path, BASIC)
-    for _ in range(5):
-        trigger(jobs, "ok")
+    with History.open(tmp_path / "state") as h:  # five recorded runs, as the runner writes them
+        for i in range(5):
+            at = datetime.now(timezone.utc) - timedelta(minutes=10 - i)
+            run = h.start_run("ok", Trigger.MANUAL, at)
+            assert run is not None
+            h.finish_run(run, RunStatus.SUCCESS, at + timedelta(seconds=1), duration=1.0, exit_code=0)
     w = web(jobs)
     ids = [r["id"] for r in w.json("/api/jobs/ok/runs")]
     assert len(ids) == 5
