@@ -504,7 +504,8 @@ class Runner:
                 lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
                 if not run_id:  # None: claimed by another runner; 0: the store refused the claim
                     if run_id is None:
-                        log.info("%s: instant %s already claimed by another runner; not running it",
+                        log.info("%s: instant %s already claimed (by another runner, or before the wall clock"
+                                 " was stepped back); not running it",
                                  d.job, d.scheduled_for.isoformat())
                     if lock is not None and lock is not self._prelocked.get(d.job):
                         lock.release()

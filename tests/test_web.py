@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -89,26 +90,36 @@ def web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
     started: list[subprocess.Popen[str]] = []
 
     def start(jobs: Path, *args: str, env: dict[str, str] | None = None) -> Web:
-        port = free_port()
         full_env = {k: v for k, v in os.environ.items() if k not in ("CRONPY_STATE_DIR", "CRONPY_FILE")}
         full_env.update(env or {})
-        proc = subprocess.Popen([sys.executable, "-m", "cronpy", "web", "-f", str(jobs), "--port", str(port), *args],
-                                env=full_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        log = tmp_path / f"web-{len(started)}.log"
+        with open(log, "w") as err:  # a file, not a pipe nobody reads: the server never blocks on it
+            proc = subprocess.Popen([sys.executable, "-m", "cronpy", "web", "-f", str(jobs), "--port", "0", *args],
+                                    env=full_env, text=True, stdout=subprocess.DEVNULL, stderr=err)
         started.append(proc)
-        w = Web(proc, f"http://127.0.0.1:{port}")
+
+        def url() -> str | None:  # "cronpy web: http://127.0.0.1:PORT/ (…)", once it listens
+            assert proc.poll() is None, log.read_text()
+            first = log.read_text().split("\n", 1)
+            return first[0].split()[2].rstrip("/") if len(first) > 1 and first[0].startswith("cronpy web:") else None
+
+        assert wait_for(lambda: url() is not None, 20), "cronpy web did not start"
+        w = Web(proc, url() or "")
 
         def up() -> bool:
-            assert proc.poll() is None, proc.communicate()[1]
             try:
                 return w.get("/healthz")[0] in (200, 503)
             except OSError:
                 return False
 
-        assert wait_for(up, 20), "cronpy web did not start"
+        assert wait_for(up, 20), "cronpy web does not answer"
         return w
 
     yield start
-    stop(*started)  # type: ignore[arg-type]
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0  # a clean stop, like every cronpy command
 
 
 @pytest.fixture(scope="module")
@@ -238,13 +249,14 @@ def test_user_data_is_shown_as_text_and_never_runs(tmp_path: Path, web: Callable
 
 
 @contextmanager
-def held_run(tmp_path: Path, name: str, finish: str) -> Iterator[tuple[Path, Path, subprocess.Popen[bytes]]]:
-    """Job `name` started by a real `cronpy trigger`; it runs until the test creates the file
-    `go`, then runs `finish` (shell)."""
+def held_run(tmp_path: Path, name: str, finish: str, start: str = "") -> Iterator[
+        tuple[Path, Path, subprocess.Popen[bytes]]]:
+    """Job `name` started by a real `cronpy trigger`: it runs `start`, then waits until the test
+    creates the file `go`, then runs `finish` (shell)."""
     go = tmp_path / "go"
     jobs = write_jobs(tmp_path, f"""\
   {name}:
-    command: "for i in $(seq 1 3000); do [ -e '{go}' ] && {finish}; sleep 0.02; done; exit 1"
+    command: "{start} for i in $(seq 1 3000); do [ -e '{go}' ] && {finish}; sleep 0.02; done; exit 1"
 """)
     proc = subprocess.Popen([sys.executable, "-m", "cronpy", "trigger", name, "-f", str(jobs)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -261,12 +273,15 @@ def started(w: Web, name: str) -> int:
 
 
 def test_a_running_run_updates_without_a_reload(tmp_path: Path, web: Callable[..., Web], tab: Tab) -> None:
-    with held_run(tmp_path, "slow", "echo done && exit 0") as (jobs, go, proc):
+    with held_run(tmp_path, "slow", "echo done && exit 0", start="echo working on it;") as (jobs, go, proc):
         w = web(jobs)
         rid = started(w, "slow")
         tab.page.goto(f"{w.url}/runs/{rid}")
-        assert tab.page.inner_text("#run-status") == "running"
         tab.page.evaluate("window.__sameDocument = true")
+        assert tab.page.inner_text("#run-status") == "running"
+        # What it has printed so far shows while it runs (from its live output file).
+        expect(tab.page.locator("#output")).to_contain_text("working on it", timeout=10_000)
+        assert tab.page.inner_text("#run-status") == "running"
         go.touch()
         expect(tab.page.locator("#run-status")).to_have_text("success", timeout=10_000)
         assert tab.page.evaluate("window.__sameDocument") is True  # updated in place, not reloaded
@@ -289,6 +304,43 @@ def test_a_failing_job_appears_on_now_within_two_seconds(tmp_path: Path, web: Ca
         assert time.monotonic() - t0 < 2.0  # from the job's failure (its gate) to the row on the page
         assert tab.page.evaluate("window.__sameDocument") is True
         assert "Nothing is running" in tab.page.inner_text("#running")
+    assert tab.errors == []
+
+
+def test_a_kept_output_is_shown_whole(tmp_path: Path, web: Callable[..., Web], tab: Tab) -> None:
+    jobs = write_jobs(tmp_path, """\
+  big:
+    command: seq 1 40000
+    output: keep
+""")
+    trigger(jobs, "big")  # 229 KB printed: the history keeps only its last 64 KiB
+    w = web(jobs)
+    rid = run_id(w, "big")
+    assert w.json(f"/api/runs/{rid}")["output"].split()[0] != "1"  # the API is `show --json`: the tail
+    tab.page.goto(f"{w.url}/runs/{rid}")
+    text = tab.page.inner_text("#output")
+    assert text.startswith("1\n2\n3\n") and text.rstrip().endswith("40000")
+    assert "the whole output" in tab.page.inner_text("main")
+    status, headers, body = w.get(f"/runs/{rid}/output")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert body == "".join(f"{i}\n" for i in range(1, 40001))
+    assert tab.errors == []
+
+
+def test_a_dashboard_started_before_the_first_run_fills_in_live(tmp_path: Path, web: Callable[..., Web],
+                                                               tab: Tab) -> None:
+    jobs = write_jobs(tmp_path, BASIC)
+    w = web(jobs)
+    assert w.json("/healthz") == {"ok": True, "store": "empty"}
+    tab.page.goto(w.url + "/")
+    assert "No history yet" in tab.page.inner_text("#banners")
+    tab.page.evaluate("window.__sameDocument = true")
+    trigger(jobs, "broken")
+    expect(tab.page.locator("#live")).to_contain_text("failed", timeout=15_000)
+    expect(tab.page.locator("#banners")).not_to_contain_text("No history yet", timeout=15_000)
+    assert tab.page.evaluate("window.__sameDocument") is True
+    assert w.json("/healthz") == {"ok": True, "store": "readable"}
     assert tab.errors == []
 
 
@@ -321,6 +373,40 @@ def test_a_non_loopback_bind_without_a_token_is_refused(tmp_path: Path) -> None:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing was listening
 
 
+def test_a_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
+    jobs = write_jobs(tmp_path, BASIC)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = cronpy("web", "-f", str(jobs), "--port", str(taken.getsockname()[1]), timeout=30)
+    assert r.returncode == 2
+    assert "cannot listen on 127.0.0.1 port" in r.stderr and "in use" in r.stderr
+
+
+def test_the_pages_work_without_javascript(tmp_path: Path, web: Callable[..., Web], browser: Any) -> None:
+    jobs = write_jobs(tmp_path, BASIC)
+    trigger(jobs, "broken")
+    w = web(jobs)
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto(w.url + "/")
+        names = lambda: page.locator("td.job > a").all_inner_texts()  # noqa: E731
+        assert names() == ["broken", "idle", "ok"]
+        page.click("th a:text('Job')")  # sorted by name already: the link turns the order
+        assert names() == ["ok", "idle", "broken"]
+        page.fill("input[name=q]", "o")
+        page.select_option("select[name=status]", "failed")
+        page.click("form.filters button")
+        assert names() == ["broken"]
+        page.click("td.job > a")
+        page.select_option("#history select[name=status]", "success")
+        page.click("#history button")
+        assert "No runs." in page.inner_text("#history")
+    finally:
+        context.close()
+
+
 def test_requests_without_the_token_get_401(tmp_path: Path, web: Callable[..., Web]) -> None:
     jobs = write_jobs(tmp_path, BASIC)
     trigger(jobs, "ok")
@@ -329,7 +415,7 @@ def test_requests_without_the_token_get_401(tmp_path: Path, web: Callable[..., W
         status, headers, body = w.get(path)
         assert status == 401, path
         assert headers["www-authenticate"].startswith("Bearer")
-        assert "echo hello" not in body and "Says hello" not in body
+        assert "echo hello" not in body and "Says hello" not in body and "history.db" not in body
         assert w.get(path, headers={"Authorization": "Bearer wrong"})[0] == 401
         assert w.get(path, headers={"Authorization": "Bearer t0ken"})[0] == 200, path
     assert w.get("/healthz")[0] == 200  # for probes: says only whether the store is readable
@@ -425,9 +511,43 @@ def test_the_jobs_page_sorts_and_filters(tmp_path: Path, web: Callable[..., Web]
     assert w.get("/?sort=bogus")[0] == 400
 
 
+def test_an_edited_jobs_file_is_read_again_and_a_broken_one_keeps_the_last_jobs(
+        tmp_path: Path, web: Callable[..., Web]) -> None:
+    jobs = write_jobs(tmp_path, BASIC)
+    w = web(jobs)
+    jobs.write_text(jobs.read_text() + "  extra:\n    command: 'true'\n")
+    assert "extra" in [j["job"] for j in w.json("/api/jobs")]
+    jobs.write_text(jobs.read_text() + "  broken2: {schedule: 'not a schedule', command: x}\n")
+    status, _, html = w.get("/")
+    assert status == 200 and "The jobs file no longer validates" in html and "broken2" in html
+    assert [j["job"] for j in w.json("/api/jobs")] == ["broken", "extra", "idle", "ok"]
+
+
 def test_the_web_layer_imports_neither_the_runner_nor_the_service() -> None:
     code = ("import sys, cronpy.web.app, cronpy.web.data; "
             "bad = [m for m in ('cronpy.runner', 'cronpy.service', 'cronpy.executor') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_on_a_fleet_store_now_names_the_leader_and_its_epoch(tmp_path: Path, web: Callable[..., Web],
+                                                              pg_url: str, tab: Tab) -> None:
+    from cronpy.pgstore import PgStore
+
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(f"store: {pg_url}\nstate_dir: state\njobs:\n  ping: {{schedule: 1m, command: 'true'}}\n")
+    leader = PgStore(pg_url, lease=30)
+    try:
+        assert leader.try_acquire()
+        leader.register_runner("run")
+        w = web(jobs)
+        status = w.json("/api/status")
+        assert status["scheduler"]["pid"] == os.getpid() and status["scheduler"]["epoch"] >= 1
+        assert [f["pid"] for f in status["store"]["fleet"]] == [os.getpid()]
+        tab.page.goto(w.url + "/now")
+        assert f"epoch {status['scheduler']['epoch']}" in tab.page.inner_text("main")
+        assert "lease until" in tab.page.inner_text("main")
+        assert tab.errors == []
+    finally:
+        leader.close()

@@ -24,10 +24,11 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cronpy import reads
 from cronpy.durations import format_duration, parse_since
 from cronpy.errors import HistoryError, RunNotFound
 from cronpy.models import RunRecord, RunStatus
@@ -42,6 +43,8 @@ LIVE_FAST = 1
 LIVE_SLOW = 5
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+#: Bytes of a kept whole output shown on a run's page (the rest: /runs/ID/output).
+KEPT_SHOWN = 1024 * 1024
 SORTS = ("name", "next", "last", "status", "rate")
 STATES = [s.value for s in RunStatus] + ["paused", "disabled", "never"]
 WINDOWS = {"1h": "last hour", "24h": "last 24 hours", "7d": "last 7 days", "30d": "last 30 days"}
@@ -128,11 +131,9 @@ def job_json(row: JobRow) -> dict[str, Any]:
         "kind": spec.kind if spec else None, "description": spec.description if spec else None,
         "next_run": _iso(row.next_run) or None,
         "last_status": row.last.status.value if row.last else None,
-        "runs": s.runs if s else 0, "successes": s.successes if s else 0, "failures": s.failures if s else 0,
-        "timeouts": s.timeouts if s else 0, "success_rate": s.success_rate if s else None,
-        "mean": s.mean if s else None, "p50": s.p50 if s else None, "p95": s.p95 if s else None,
-        "max": s.max if s else None, "last_run": _iso(s.last_started) or None if s else None,
-        "health": s.health if s else "unknown",
+        # The fields of `cronpy stats --json`, computed by the same code (runs after retries, health).
+        **{k: v for k, v in reads.job_health(row.name, s or reads.never_ran(row.name), row.window)
+           .to_json(row.next_run).items() if k not in ("job", "next_run", "last_status")},
         "in_jobs_file": spec is not None,
     }
 
@@ -200,12 +201,16 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         env.get_template(template)  # compile now, not in the first request
     session = hmac.new(token.encode(), b"cronpy web login", hashlib.sha256).hexdigest() if token else None
 
-    def page(request: Request, template: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+    def page(request: Request, template: str, status_code: int = 200, *, public: bool = False,
+             **ctx: Any) -> HTMLResponse:
+        """Render a page; a `public` one (the login form) names no file, store or job."""
         now = dash.clock.now()
-        html = env.get_template(template).render(
-            request=request, now=now, rel=lambda dt: _relative(dt, now), config_error=dash.config_error,
-            store_error=dash.store_error, location=dash.location, jobs_file=shown_path(dash.path),
-            zone=now.astimezone().tzname(), **ctx)
+        about: dict[str, Any] = dict(config_error=None, store_error=None, no_history=False, location="", jobs_file="")
+        if not public:
+            about = dict(config_error=dash.config_error, store_error=dash.store_error, no_history=dash.no_history,
+                         location=dash.location, jobs_file=shown_path(dash.path))
+        html = env.get_template(template).render(request=request, now=now, rel=lambda dt: _relative(dt, now),
+                                                 zone=now.astimezone().tzname(), **about, **ctx)
         return HTMLResponse(html, status_code)
 
     def authorized(request: Request) -> bool:
@@ -226,8 +231,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
                 response = JSONResponse({"error": "a token is required (Authorization: Bearer …)"}, 401,
                                         headers={"WWW-Authenticate": 'Bearer realm="cronpy"'})
             else:
-                response = page(request, "login.html", 401, next=_next_url(request.url.path, request.url.query),
-                                wrong=False)
+                response = page(request, "login.html", 401, public=True,
+                                next=_next_url(request.url.path, request.url.query), wrong=False)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="cronpy"'
         else:
             response = await call_next(request)
@@ -281,7 +286,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
             raise HTTPException(404, f"no job named {name!r} in the jobs file or the history") from None
         hist = dash.history(name, status=status, since=since, before=before)
         chart = charts.durations_chart(dash.chart_runs(name), _short)
-        days = [(d, n, bad, charts.rate_bar(bad, n)) for d, n, bad in dash.daily(name)]
+        daily = dash.daily(name)
+        days = [(d, n, bad, charts.rate_bar(bad, n)) for d, n, bad in daily]
 
         def hist_url(**change: Any) -> str:
             params = {"status": status.value if status else "", "since": window, "before": ""}
@@ -292,21 +298,28 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         return page(request, "job.html", name=name, spec=spec, stats=stats, paused=paused, instants=instants,
                     words=dash.words(spec) if spec else None, hist=hist, status=status.value if status else "",
                     window=window, windows=WINDOWS, statuses=[s.value for s in RunStatus], before=before,
-                    hist_url=hist_url, chart=chart, days=days, live=LIVE_SLOW)
+                    hist_url=hist_url, chart=chart, days=days, daily_chart=charts.daily_chart(daily),
+                    live=LIVE_SLOW)
 
     def run_page(request: Request) -> Response:
         run = _run(dash, request.path_params["run_id"])
         result = None if run.result is None else json.dumps(run.result, indent=2, ensure_ascii=False)
-        return page(request, "run.html", run=run, result=result,
+        kept = dash.kept_output(run, KEPT_SHOWN)
+        return page(request, "run.html", run=run, result=result, kept=kept, kept_shown=KEPT_SHOWN,
                     live=LIVE_FAST if run.status is RunStatus.RUNNING else 0)
+
+    def run_output(request: Request) -> Response:
+        run = _run(dash, request.path_params["run_id"])
+        # text/plain with nosniff: a browser shows markup in it as text, never renders it.
+        return StreamingResponse(dash.output_chunks(run), media_type="text/plain; charset=utf-8")
 
     def now_page(request: Request) -> Response:
         return page(request, "now.html", st=dash.now(), live=LIVE_FAST)
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
-            return page(request, "login.html", next=_next_url(request.query_params.get("next", "/"), ""),
-                        wrong=False)
+            return page(request, "login.html", public=True,
+                        next=_next_url(request.query_params.get("next", "/"), ""), wrong=False)
         body = await request.body()
         form = parse_qs(body[:4096].decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
@@ -314,7 +327,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         if token is None or session is None:
             return RedirectResponse(target, 303)
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return page(request, "login.html", 401, next=target, wrong=True)
+            return page(request, "login.html", 401, public=True, next=target, wrong=True)
         response = RedirectResponse(target, 303)
         response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
@@ -356,7 +369,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         except HistoryError:
             pass
         ok = dash.store_error is None
-        return JSONResponse({"ok": ok, "store": "readable" if ok else "unreadable"}, 200 if ok else 503)
+        state = "empty" if dash.no_history else "readable" if ok else "unreadable"
+        return JSONResponse({"ok": ok, "store": state}, 200 if ok else 503)
 
     async def error(request: Request, exc: Exception) -> Response:
         code = exc.status_code if isinstance(exc, HTTPException) else 503
@@ -367,6 +381,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
 
     routes = [
         Route("/", jobs_page), Route("/jobs/{name}", job_page), Route("/runs/{run_id:int}", run_page),
+        Route("/runs/{run_id:int}/output", run_output),
         Route("/now", now_page), Route("/login", login, methods=["GET", "POST"]),
         Route("/api/jobs", api_jobs), Route("/api/jobs/{name}/runs", api_job_runs),
         Route("/api/runs/{run_id:int}", api_run), Route("/api/status", api_status), Route("/healthz", healthz),

@@ -89,3 +89,41 @@ def rate_bar(failures: int, runs: int, *, width: int = 120, height: int = 10) ->
     return Markup(f'<svg class="bar" width="{width}" height="{height}" aria-hidden="true">'
                   f'<rect class="bar-ok" width="{width}" height="{height}" rx="2"/>'
                   f'<rect class="bar-bad" width="{bad}" height="{height}" rx="2"/></svg>')
+
+
+def daily_chart(days: Sequence[tuple[datetime, int, int]], *, width: int = 1100, height: int = 170) -> Markup:
+    """Failure rate per day as columns (red: the failed share, its label above), one column per
+    day with the day under it; a day without finished runs shows an empty slot."""
+    if not days:
+        return Markup("")
+    left, right, top, bottom = 40, 8, 18, 34
+    w, h = width - left - right, height - top - bottom
+    slot = w / len(days)
+    bar = min(44.0, slot * 0.6)
+    out = [f'<svg class="chart" width="100%" viewBox="0 0 {width} {height}" role="img"'
+           f' aria-label="failure rate by day over the last {len(days)} days">']
+    for frac in (0.0, 0.5, 1.0):
+        y = top + h - frac * h
+        out.append(f'<line class="grid" x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{frac:.0%}</text>')
+    for i, (day, runs, bad) in enumerate(days):
+        x = left + i * slot + (slot - bar) / 2
+        cx = x + bar / 2
+        label = day.strftime("%a %d")
+        if runs:
+            rate = bad / runs
+            bh = max(1.0 if bad else 0.0, rate * h)
+            tip = f"{day:%Y-%m-%d}: {bad} of {runs} finished runs failed ({rate:.1%})"
+            out.append(f'<g><title>{escape(tip)}</title>'
+                       f'<rect class="bar-ok" x="{x:.1f}" y="{top}" width="{bar:.1f}" height="{h}" rx="2"/>'
+                       f'<rect class="bar-bad" x="{x:.1f}" y="{top + h - bh:.1f}" width="{bar:.1f}"'
+                       f' height="{bh:.1f}" rx="2"/></g>')
+            if bad:
+                out.append(f'<text class="axis" x="{cx:.1f}" y="{top + h - bh - 4:.1f}" text-anchor="middle">'
+                           f'{rate:.0%}</text>')
+        else:
+            out.append(f'<rect class="bar-empty" x="{x:.1f}" y="{top}" width="{bar:.1f}" height="{h}" rx="2">'
+                       f'<title>{day:%Y-%m-%d}: no finished runs</title></rect>')
+        out.append(f'<text class="axis" x="{cx:.1f}" y="{height - 12}" text-anchor="middle">{escape(label)}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))

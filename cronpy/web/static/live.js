@@ -51,7 +51,14 @@
         var fresh = doc.getElementById("live");
         var old = document.getElementById("live");
         if (fresh && old) {
+          // Keep what the reader opened (<details>) open across the refresh.
+          var was = old.querySelectorAll("details");
+          fresh.querySelectorAll("details").forEach(function (d, i) {
+            if (was[i] && was[i].open) d.open = true;
+          });
           old.replaceWith(document.adoptNode(fresh));
+          var banners = doc.getElementById("banners"), shown = document.getElementById("banners");
+          if (banners && shown) shown.replaceWith(document.adoptNode(banners));
           document.title = doc.title;
         }
         tick();
