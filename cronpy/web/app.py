@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cronpy import reads
 from cronpy.durations import format_duration, parse_since
 from cronpy.errors import HistoryError, RunNotFound
 from cronpy.models import RunRecord, RunStatus
@@ -130,11 +131,9 @@ def job_json(row: JobRow) -> dict[str, Any]:
         "kind": spec.kind if spec else None, "description": spec.description if spec else None,
         "next_run": _iso(row.next_run) or None,
         "last_status": row.last.status.value if row.last else None,
-        "runs": s.runs if s else 0, "successes": s.successes if s else 0, "failures": s.failures if s else 0,
-        "timeouts": s.timeouts if s else 0, "success_rate": s.success_rate if s else None,
-        "mean": s.mean if s else None, "p50": s.p50 if s else None, "p95": s.p95 if s else None,
-        "max": s.max if s else None, "last_run": _iso(s.last_started) or None if s else None,
-        "health": s.health if s else "unknown",
+        # The fields of `cronpy stats --json`, computed by the same code (runs after retries, health).
+        **{k: v for k, v in reads.job_health(row.name, s or reads.never_ran(row.name), row.window)
+           .to_json(row.next_run).items() if k not in ("job", "next_run", "last_status")},
         "in_jobs_file": spec is not None,
     }
 
