@@ -531,6 +531,21 @@ def test_an_edited_jobs_file_is_read_again_and_a_broken_one_keeps_the_last_jobs(
     assert [j["job"] for j in w.json("/api/jobs")] == ["broken", "extra", "idle", "ok"]
 
 
+def test_secrets_in_a_jobs_definition_are_masked(tmp_path: Path, web: Callable[..., Web]) -> None:
+    jobs = write_jobs(tmp_path, """\
+  leaky:
+    command: curl -fsS https://deploy:hunter2@api.example.com/hook
+    on_failure: curl https://hooks.example.com/x?token=tok3n-value
+    ping: https://ping-user:pingpw@hc.example.com/ping/1
+    env: {API_KEY: envsecret}
+""")
+    w = web(jobs)
+    status, _, html = w.get("/jobs/leaky")
+    assert status == 200 and "api.example.com/hook" in html and "API_KEY" in html
+    for secret in ("hunter2", "tok3n-value", "pingpw", "envsecret"):
+        assert secret not in html
+
+
 def test_the_web_layer_imports_neither_the_runner_nor_the_service() -> None:
     code = ("import sys, cronpy.web.app, cronpy.web.data; "
             "bad = [m for m in ('cronpy.runner', 'cronpy.service', 'cronpy.executor') if m in sys.modules]; "
