@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from cronpy.errors import HistoryDamaged, HistoryError, RunNotFound
+from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, RunNotFound
 from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
+from cronpy.paths import create_private_file, private_dir
 
 UTC = timezone.utc
 HOST = socket.gethostname()
@@ -228,11 +229,12 @@ class History:
         try:
             if readonly:
                 if not path.exists():
-                    raise HistoryError(str(path), "no history yet (nothing has run with this state dir)")
+                    raise NoHistory(str(path), "no history yet (nothing has run with this state dir)")
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
                                            isolation_level=None, timeout=10.0)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(path.parent)
+                create_private_file(path)  # SQLite gives -wal and -shm the database's mode
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
             self._db.execute("PRAGMA busy_timeout = 10000")
             if not readonly:

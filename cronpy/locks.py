@@ -20,6 +20,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from cronpy.errors import LockHeld
+from cronpy.paths import PRIVATE_FILE_MODE, private_dir, write_private
 
 HOST = socket.gethostname()
 
@@ -54,7 +55,7 @@ class Lock:
         self.what = what
         # thread_local=False: the runner takes a job lock in one thread and may release it in
         # another; is_singleton=False so two Lock objects on one path conflict like processes.
-        self._lock = FileLock(str(path), thread_local=False)
+        self._lock = FileLock(str(path), thread_local=False, mode=PRIVATE_FILE_MODE)
         self._held = threading.Event()
         self._dir_made = False
 
@@ -69,7 +70,7 @@ class Lock:
             holder = self.holder()
             raise LockHeld(self.what, holder.describe() if holder else None)
         if not self._dir_made:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             self._dir_made = True
         try:
             self._lock.acquire(timeout=wait, poll_interval=0.05)
@@ -83,9 +84,7 @@ class Lock:
     def set_holder(self, *, run_id: int | None = None, now: datetime | None = None) -> None:
         when = now or datetime.now(timezone.utc)
         data = {"pid": os.getpid(), "host": HOST, "since": when.isoformat(), "run_id": run_id}
-        tmp = self.info_path.with_suffix(f".holder.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.info_path)
+        write_private(self.info_path, json.dumps(data))
 
     def release(self) -> None:
         if self._held.is_set():

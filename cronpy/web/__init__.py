@@ -33,7 +33,7 @@ def serve(file: str | None, state_dir: str | None, store: str | None, *, host: s
         from cronpy.web.data import Dashboard
     except ImportError as exc:
         raise UsageError(f"cronpy web needs the `web` extra ({exc.name} is missing):"
-                         " pip install 'cronpy[web]'") from None
+                         " pip install 'cronpy-runner[web]'") from None
     if not is_loopback(host) and token is None:
         raise UsageError(f"--host {host} is not a loopback address: anyone who can reach it could read the"
                          " history, so give --token (or set CRONPY_WEB_TOKEN)")

@@ -12,15 +12,16 @@ import json
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 from cronpy.clock import Clock, SystemClock
 from cronpy.errors import CronpyError, HistoryError
 from cronpy.models import JobSet, JobSpec, JobStats, RunRecord, RunStatus
+from cronpy.reads import RUN_WINDOW
+from cronpy.redact import redact_text, redact_url
 from cronpy.paths import file_setting, file_state_dir, find_jobs_file, resolve_state_dir, resolve_store
 from cronpy.schedule import next_fire
 from cronpy.store import Store, open_store
@@ -49,6 +50,8 @@ class JobRow:
     paused_since: datetime | None
     stats: JobStats | None
     recent: list[RunRecord]  #: the latest runs, oldest first (outcome strip and sparkline)
+    #: the latest reads.RUN_WINDOW attempts, oldest first: runs after retries and health, as `cronpy stats`
+    window: list[RunRecord] = field(default_factory=list)
 
     @property
     def last(self) -> RunRecord | None:
@@ -94,15 +97,6 @@ def shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(path)
-
-
-def redact_url(url: str) -> str:
-    """A URL without the password of its userinfo (ping, webhook and store URLs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, host = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
 
 
 class Dashboard:
@@ -153,7 +147,7 @@ class Dashboard:
                     self._jobs = load_jobs(self.path, now=self.clock.now())
                     self.config_error = None
                 except CronpyError as exc:
-                    self.config_error = f"{exc} (showing the jobs as last read)"
+                    self.config_error = redact_text(f"{exc} (showing the jobs as last read)")
             return self._jobs
 
     @contextmanager
@@ -169,14 +163,14 @@ class Dashboard:
                     self._store = open_store(self.url, self.state_dir, readonly=True)
                     self.store_error = None
                 except HistoryError as exc:
-                    self.store_error = str(exc)
+                    self.store_error = redact_text(str(exc))
             st = self._store
         try:
             yield st
         except HistoryError as exc:
             # Reopen on the next request: the database may have been replaced or restarted.
             with self._lock:
-                self.store_error = str(exc)
+                self.store_error = redact_text(str(exc))
                 if self._store is st and st is not None:
                     self._store = None
                     st.close()
@@ -215,7 +209,9 @@ class Dashboard:
                 paused = h.paused()
                 anchors = h.last_scheduled_many(list(jobs.jobs))
             names = sorted(set(jobs.jobs) | set(counts)) if h is not None else sorted(jobs.jobs)
-            recent = {n: list(reversed(h.query(n, limit=RECENT))) for n in names} if h is not None else {}
+            window = ({n: list(reversed(h.query(n, limit=max(RECENT, RUN_WINDOW)))) for n in names}
+                      if h is not None else {})
+            recent = {n: w[-RECENT:] for n, w in window.items()}
             stats = {n: _stats(n, c, recent.get(n, [])) for n, c in counts.items()} if h is not None else {}
             if durations and h is not None:
                 stats = {st.job: st for st in h.stats()}
@@ -226,7 +222,7 @@ class Dashboard:
             if spec is not None and spec.enabled and name not in paused:
                 nxt = next_fire(spec, now, anchors.get(name))
             rows.append(JobRow(name, spec, self.words(spec) if spec else None, nxt, paused.get(name),
-                               stats.get(name), recent.get(name, [])))
+                               stats.get(name), recent.get(name, []), window.get(name, [])))
         return rows
 
     def job(self, name: str) -> tuple[JobSpec | None, JobStats | None, datetime | None, list[datetime]]:
@@ -353,7 +349,7 @@ class Dashboard:
                     if callable(fleet):
                         result.fleet = fleet()
         except HistoryError as exc:
-            result.store_error = str(exc)
+            result.store_error = redact_text(str(exc))
             anchors = {}
         if not self.url:
             result.scheduler = self._scheduler_lock()
