@@ -471,7 +471,7 @@ def test_the_api_speaks_the_cli_json(tmp_path: Path, web: Callable[..., Web]) ->
 
 
 def test_job_history_pages_by_run_id(tmp_path: Path, web: Callable[..., Web]) -> None:
-    from cronpy.history import History
+    from cronpy.store.sqlite import SqliteStore as History
     from cronpy.models import RunStatus, Trigger
 
     jobs = write_jobs(tmp_path, BASIC)
