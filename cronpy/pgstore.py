@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader, RunNotFound, StoreUnreachable
 from cronpy.history import CLAIMED_TRIGGERS, COLUMNS, HOST, NewRun, result_json, run_filters, run_record
 from cronpy.locks import Holder
-from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
+from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 
 try:
     import psycopg
@@ -482,7 +482,7 @@ class PgStore:
                   error: str | None = None) -> int | None:
         return self.start_runs([NewRun(job, trigger, started_at, scheduled_for, attempt, parent_id, status, error)])[0]
 
-    def start_runs(self, runs: Sequence[NewRun]) -> list[int | None]:
+    def start_runs(self, runs: Sequence[NewRun], *, wait: float | None = None) -> list[int | None]:
         """Insert run rows in one transaction; None where the instant is claimed already.
 
         Claims carry this runner's epoch; NotLeader if the database refuses it (stale lease).
@@ -528,6 +528,17 @@ class PgStore:
                 "UPDATE cronpy.runs SET status = %s, finished_at = %s, duration = %s, exit_code = %s, error = %s,"
                 " output = %s, result = %s WHERE id = %s",
                 (status.value, finished_at, duration, exit_code, error, output, result_json(result), run_id))
+
+    def finish_runs(self, items: Sequence[Finish]) -> None:
+        """Complete several run rows with their outcomes, in order, in one transaction."""
+        if not items:
+            return
+        with self._db.use(transaction=True) as cur:
+            cur.executemany(
+                "UPDATE cronpy.runs SET status = %s, finished_at = %s, duration = %s, exit_code = %s, error = %s,"
+                " output = %s, result = %s WHERE id = %s",
+                [(f.status.value, f.finished_at, f.duration, f.exit_code, f.error, f.output, result_json(f.result),
+                  f.run_id) for f in items])
 
     def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:
         """`running` rows whose runner is gone become `interrupted`: on this host, a dead pid;

@@ -180,6 +180,7 @@ def status(st: Any, *, as_json: bool) -> None:
                 "location": st.store, "error": st.store_error, "fleet": st.fleet or [],
                 "this_host": (st.runner or {}).get("store")},
             "next": (st.runner or {}).get("next", []),
+            "history_behind": (st.runner or {}).get("history_behind"),
             "running": [dict(r.to_json(with_output=False), elapsed=(now - r.started_at).total_seconds())
                         for r in st.running if r.started_at],
             "paused": {job: since.isoformat() for job, since in st.paused.items()},
@@ -212,6 +213,12 @@ def status(st: Any, *, as_json: bool) -> None:
         out("\n")
         table("Fleet", ["Host", "PID", "Role", "Last seen"], (
             [str(f["host"]), str(f["pid"]), str(f["role"]), f"{f['last_seen_ago']}s ago"] for f in st.fleet))
+    behind = (st.runner or {}).get("history_behind")
+    if behind:
+        failing = behind.get("failing_seconds")
+        out(f"history: BEHIND by {behind['pending']} write(s), the oldest {dur(behind['oldest_seconds'])} old"
+            + (f"; the store has refused writes for {dur(failing)}" if failing is not None else "")
+            + " (runs go on; written when the store takes writes again)\n")
     if st.paused:
         out("paused: " + ", ".join(f"{j} (since {local(t)})" for j, t in sorted(st.paused.items())) + "\n")
     out("\n")

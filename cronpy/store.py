@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
+from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 
 if TYPE_CHECKING:
     from cronpy.history import NewRun
@@ -41,8 +41,15 @@ class Store(Protocol):
     def start_run(self, job: str, trigger: Trigger, started_at: datetime, *, scheduled_for: datetime | None = None,
                   attempt: int = 1, parent_id: int | None = None, status: RunStatus = RunStatus.RUNNING,
                   error: str | None = None) -> int | None: ...
-    def start_runs(self, runs: Sequence["NewRun"]) -> list[int | None]: ...
+    def start_runs(self, runs: Sequence["NewRun"], *, wait: float | None = None) -> list[int | None]:
+        """Claim: insert run rows in one durable transaction; each id, None where the instant
+        was claimed already. `wait` bounds how long a busy store may hold the caller."""
+        ...
     def set_pids(self, pids: Sequence[tuple[int, int]]) -> None: ...
+    def finish_runs(self, items: Sequence[Finish]) -> None:
+        """Complete run rows with their outcomes, in order, in one transaction (the writer's
+        group commit). Raises HistoryError with nothing written if the store refuses it."""
+        ...
     def finish_run(self, run_id: int, status: RunStatus, finished_at: datetime, *, duration: float | None,
                    exit_code: int | None = None, error: str | None = None, output: str | None = None,
                    result: Any = None) -> None: ...

@@ -53,7 +53,7 @@ def test_runners_sharing_a_state_dir_fire_each_instant_once_across_a_kill_9_take
     procs = [runner(path, log=tmp_path / f"r{i}.log") for i in range(3)]
     try:
         assert wait_for(lambda: len(query(db, "SELECT 1 FROM runs")) >= 3, timeout=20)
-        holder = (tmp_path / "state" / "locks" / "scheduler.holder").read_text()
+        holder = (tmp_path / "state" / "locks" / "scheduler.lock").read_text()
         leader = next(p for p in procs if f'"pid": {p.pid}' in holder)
         killed_at = time.time()
         leader.kill()  # SIGKILL: no cleanup, the kernel drops its flock
