@@ -116,7 +116,7 @@ class Runner:
         self._leading = True  # False once a fenced claim is refused: stop firing (see step_down)
         self._started = False  # run_on_start runs once per process, not again after a step-down
         self._dependents = self._dependents_of(jobs)
-        self._writer_store = writer or history  # a connection of its own keeps claims unblocked
+        self._writer_store = writer  # a connection of its own keeps claims unblocked (else history's)
         self._recorder: Recorder | None = None
         self._supervisor: Supervisor | None = None
 
@@ -124,7 +124,7 @@ class Runner:
     def recorder(self) -> Recorder:
         """The store writer (started on first use)."""
         if self._recorder is None:
-            self._recorder = Recorder(self._writer_store)
+            self._recorder = Recorder(self._writer_store or self.history)
         return self._recorder
 
     @property
