@@ -109,16 +109,18 @@ class Lock:
     def set_holder(self, *, run_id: int | None = None, now: datetime | None = None,
                    job_pid: int | None = None) -> None:
         """Write who holds the lock into the lock file (one truncate and one pwrite)."""
-        fd = self._fd
-        if fd < 0:
-            return
         when = now or datetime.now(timezone.utc)
         data = {"pid": _PID, "host": HOST, "since": when.isoformat(), "run_id": run_id}
         if job_pid is not None:
             data["job_pid"] = job_pid
         raw = json.dumps(data).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, raw, 0)
+        # Under the mutex: the supervisor may release the lock (close the fd) meanwhile, and a
+        # closed descriptor's number may already name another file.
+        with self._mutex:
+            if self._fd < 0:
+                return
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, raw, 0)
 
     @property
     def fd(self) -> int:

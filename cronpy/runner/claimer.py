@@ -56,25 +56,39 @@ class Unrecorded:
 ClaimResult = Union[Claimed, Taken, Refused, Unrecorded]
 
 
-def claim(store: Store, rows: Sequence[NewRun], *, wait: float = CLAIM_WAIT) -> list[ClaimResult]:
-    """Write `rows` in one transaction; one result per row, in order."""
-    if not rows:
-        return []
-    try:
-        ids = store.start_runs(rows, wait=wait)
-    except NotLeader as exc:
-        # A fenced store refused the claim: another runner took the lease over while this one
-        # was paused or cut off. It must not run anything it did not claim.
-        log.warning("the store refused %d claim(s): %s", len(rows), exc)
-        return [Refused(str(exc), lost_lead=True) for _ in rows]
-    except CronpyError as exc:
-        if store.fenced:
-            # Without a claim nothing proves this runner still owns the instants: another
-            # host may be firing them. Skip them rather than risk a second run.
-            log.error("cannot claim %d due run(s) in the store, not running them: %s", len(rows), exc)
-            return [Refused(str(exc)) for _ in rows]
-        # The history cannot be written (disk full, locked, I/O error). This runner holds the
-        # scheduler lock, so nobody else fires these instants: run them, record them later.
-        log.error("HISTORY WRITE FAILED, running %d due run(s) unrecorded for now: %s", len(rows), exc)
-        return [Unrecorded(str(exc)) for _ in rows]
-    return [Claimed(i) if i is not None else Taken() for i in ids]
+class Claimer:
+    """Claims through one store; says once, not every tick, when claims cannot be written."""
+
+    def __init__(self, wait: float = CLAIM_WAIT) -> None:
+        self.wait = wait
+        self._failing = False
+
+    def claim(self, store: Store, rows: Sequence[NewRun]) -> list[ClaimResult]:
+        """Write `rows` in one transaction; one result per row, in order."""
+        if not rows:
+            return []
+        try:
+            # While the store is failing, one quick try a tick: enough to notice it is back.
+            ids = store.start_runs(rows, wait=0.0 if self._failing else self.wait)
+        except NotLeader as exc:
+            # A fenced store refused the claim: another runner took the lease over while this
+            # one was paused or cut off. It must not run anything it did not claim.
+            log.warning("the store refused %d claim(s): %s", len(rows), exc)
+            return [Refused(str(exc), lost_lead=True) for _ in rows]
+        except CronpyError as exc:
+            level = logging.DEBUG if self._failing else logging.ERROR
+            self._failing = True
+            if store.fenced:
+                # Without a claim nothing proves this runner still owns the instants: another
+                # host may be firing them. Skip them rather than risk a second run.
+                log.log(level, "cannot claim %d due run(s) in the store, not running them: %s", len(rows), exc)
+                return [Refused(str(exc)) for _ in rows]
+            # The history cannot be written (disk full, locked, I/O error). This runner holds
+            # the scheduler lock, so nobody else fires these instants: run them, record later.
+            log.log(level, "HISTORY WRITE FAILED, running due runs unrecorded for now (said once until "
+                    "claims are written again): %s", exc)
+            return [Unrecorded(str(exc)) for _ in rows]
+        if self._failing:
+            self._failing = False
+            log.warning("claims are written to the store again")
+        return [Claimed(i) if i is not None else Taken() for i in ids]

@@ -32,8 +32,8 @@ from cronpy.integrations import Observer
 from cronpy.models import At, Every, Finish, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
 from cronpy.runner.admission import admit
 from cronpy.runner.agenda import LEAD, MISFIRE_GRACE, Agenda, Due
-from cronpy.runner.claimer import Claimed, ClaimResult, Refused, Taken, Unrecorded, claim
-from cronpy.runner.recorder import Call, Late, Pids, Recorder
+from cronpy.runner.claimer import Claimed, Claimer, ClaimResult, Refused, Taken, Unrecorded
+from cronpy.runner.recorder import CANCELLED_ERROR, Call, Late, Outcome, Pids, Recorder
 from cronpy.runner.supervisor import Supervisor
 from cronpy.schedule import latest_fire
 from cronpy.store import JobLock, JobLocks, Store
@@ -106,7 +106,7 @@ class Runner:
         self._finished: Deque[tuple[_Active, AttemptResult, datetime]] = collections.deque()
         self._keys = 0
         self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)
+        self._ended = threading.Event()  # a run ended (what wait_idle waits on)
         self.wake = threading.Event()
         self._never = threading.Event()  # what _until sleeps on: only the clock ends that wait
         self._stopping = False
@@ -118,6 +118,7 @@ class Runner:
         self._dependents = self._dependents_of(jobs)
         self._writer_store = writer  # a connection of its own keeps claims unblocked (else history's)
         self._recorder: Recorder | None = None
+        self.claimer = Claimer()
         self._supervisor: Supervisor | None = None
 
     @property
@@ -406,7 +407,7 @@ class Runner:
             if last:
                 rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
                                 RunStatus.SKIPPED, reason) for d, reason in skipped]
-            results = claim(self.history, rows)
+            results = self.claimer.claim(self.history, rows)
             if any(isinstance(r, Refused) and r.lost_lead for r in results):
                 self._leading = False
                 self.wake.set()
@@ -449,7 +450,7 @@ class Runner:
             self._notify(lambda o, a=active: o.run_started(a.spec, a.run_id or 0))  # type: ignore[misc]
         for d, row, result, status, reason in not_started:
             if isinstance(result, Claimed):
-                self.recorder.put(Finish(result.run_id, status, now, 0.0, error=reason))
+                self.recorder.put(Outcome(Finish(result.run_id, status, now, 0.0, error=reason)))
             else:
                 self.recorder.put(Late(replace(row, status=status, error=reason)))
             if status is RunStatus.SKIPPED:
@@ -514,21 +515,19 @@ class Runner:
     def _on_done(self, active: _Active, result: AttemptResult) -> None:
         """The supervisor saw the attempt end: free its slot and lock now, record it later."""
         finished = self.clock.now()
+        self._record(active, result, finished)
         lock = active.lock
         if lock is not None and lock is not self._prelocked.get(active.spec.name):
             try:
                 self._release(lock)
             except OSError as exc:
                 log.error("%s: cannot release the job lock: %s", active.spec.name, exc)
-        with self._lock:
-            self._active.pop(active.key, None)
-            job = active.spec.name
-            self._running[job] -= 1
-            if self._running[job] <= 0:
-                del self._running[job]
-            self._finished.append((active, result, finished))
-            self._idle.notify_all()
+        # Never the runner's lock here: a tick holds it while it spawns a burst, and every
+        # other run's exit would wait behind it (their durations grew by the whole tick). A
+        # deque append is atomic; the loop takes it from there at once (wake).
+        self._finished.append((active, result, finished))
         self.wake.set()
+        self._ended.set()
 
     def reap(self) -> None:
         """Record the runs that ended and queue their retries and chains (the loop does this at
@@ -539,24 +538,33 @@ class Runner:
     def _reap(self) -> None:
         while self._finished:
             active, result, finished = self._finished.popleft()
+            self._active.pop(active.key, None)  # its slot is free for this tick's admission
+            job = active.spec.name
+            self._running[job] -= 1
+            if self._running[job] <= 0:
+                del self._running[job]
             self._finish(active, result, finished)
 
-    def _finish(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
-        d, spec = active.due, active.spec
-        run_id = active.run_id
-        # A run that died by a signal may have been stopped by `cronpy cancel` from outside.
-        if (run_id is not None and result.status not in (RunStatus.SUCCESS, RunStatus.CANCELLED)
-                and (result.exit_code is None or result.exit_code < 0 or result.status is RunStatus.INTERRUPTED)
-                and self._cancelled(run_id)):
-            result = replace(result, status=RunStatus.CANCELLED, error="cancelled by `cronpy cancel`")
-        outcome = Finish(run_id or 0, result.status, finished, result.duration, result.exit_code, result.error,
-                         result.output, result.result)
+    def _record(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
+        """Queue the outcome to the writer (the supervisor's thread: it never waits for a store)."""
+        d = active.due
+        outcome = Finish(active.run_id or 0, result.status, finished, result.duration, result.exit_code,
+                         result.error, result.output, result.result)
         if isinstance(active.claim, Claimed):
-            self.recorder.put(outcome)
+            self.recorder.put(Outcome(outcome, _maybe_cancelled(result)))
         else:  # its row could not be written when it started: the whole row, later
             started = finished - timedelta(seconds=result.duration)
             self.recorder.put(Late(NewRun(d.job, d.trigger, started, d.scheduled_for, d.attempt, d.parent_id),
                                    outcome))
+
+    def _finish(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
+        """After a run's end (on the loop): log it, queue its retry or chained runs, notify."""
+        d, spec = active.due, active.spec
+        run_id = active.run_id
+        # A run that died by a signal may have been stopped by `cronpy cancel` from outside:
+        # then it is not retried (the writer records it as cancelled the same way).
+        if run_id is not None and _maybe_cancelled(result) and self._cancelled(run_id):
+            result = replace(result, status=RunStatus.CANCELLED, error=CANCELLED_ERROR)
         level = logging.INFO if result.status is RunStatus.SUCCESS else logging.WARNING
         log.log(level, "%s: run%s %s in %.3fs (exit %s)%s", spec.name, _id(active.claim), result.status.value,
                 result.duration, result.exit_code, f": {result.error.splitlines()[-1]}" if result.error else "")
@@ -689,23 +697,18 @@ class Runner:
         """Block until no run is active and every outcome is written (tests, shutdown); False
         if `timeout` passed first."""
         end = time.monotonic() + timeout
-        with self._idle:
-            while True:
-                self._reap()
-                if not self._active and not self._finished:
-                    break
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(min(remaining, 0.1))
+        if not self._wait_runs(timeout):
+            return False
         if self._recorder is None:
             return True
         return self._recorder.flush(max(0.0, end - time.monotonic()))
 
     @property
     def active_count(self) -> int:
+        """Runs whose child has not ended (one that ended is counted out at once, before the
+        loop has reaped it)."""
         with self._lock:
-            return len(self._active)
+            return len(self._active) - len(self._finished)
 
     def backlog(self) -> tuple[int, float | None, float | None]:
         """What the store writer still holds: (writes, age of the oldest, seconds failing)."""
@@ -729,16 +732,18 @@ class Runner:
             log.error("stopping: %d history write(s) still waiting for the store", self._recorder.backlog()[0])
 
     def _wait_runs(self, timeout: float) -> bool:
+        """Reap until no run is active; False if `timeout` seconds passed first."""
         end = time.monotonic() + timeout
-        with self._idle:
-            while True:
+        while True:
+            self._ended.clear()
+            with self._lock:
                 self._reap()
                 if not self._active and not self._finished:
                     return True
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(min(remaining, 0.1))
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._ended.wait(min(remaining, 0.1))
 
     def close(self) -> None:
         """Stop the supervisor and the writer threads (after shutdown)."""
@@ -748,6 +753,12 @@ class Runner:
         if self._recorder is not None:
             self._recorder.close(FLUSH_ON_STOP)
             self._recorder = None
+
+
+def _maybe_cancelled(result: AttemptResult) -> bool:
+    """Died by a signal (or stopped by this runner), so `cronpy cancel` may be why."""
+    return (result.status not in (RunStatus.SUCCESS, RunStatus.CANCELLED)
+            and (result.exit_code is None or result.exit_code < 0 or result.status is RunStatus.INTERRUPTED))
 
 
 def _id(result: ClaimResult) -> str:

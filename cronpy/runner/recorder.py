@@ -23,7 +23,7 @@ from typing import Any, Callable, Deque, Union
 
 from cronpy.errors import CronpyError
 from cronpy.history import NewRun
-from cronpy.models import Finish
+from cronpy.models import Finish, RunStatus
 from cronpy.store import Store
 
 log = logging.getLogger("cronpy")
@@ -38,6 +38,15 @@ OUTPUT_DROPPED = "[output not kept: the history was unwritable and its buffer fu
 @dataclass(frozen=True)
 class Pids:
     pairs: tuple[tuple[int, int], ...]  # (run id, pid)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A run's outcome. `cancelled_if_asked`: it died by a signal, which may have been
+    `cronpy cancel` from outside (it signals the group): written as cancelled if one was asked."""
+
+    finish: Finish
+    cancelled_if_asked: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ class Call:
     call: Callable[[], None]
 
 
-Item = Union[Pids, Finish, Late, Call]
+Item = Union[Pids, Outcome, Late, Call]
 
 
 class Recorder:
@@ -86,7 +95,7 @@ class Recorder:
             if len(self._items) >= MAX_PENDING:
                 if not self._make_room(item):
                     return
-            if isinstance(item, (Finish, Late)):
+            if isinstance(item, (Outcome, Late)):
                 item = self._within_output_budget(item)
             self._items.append((self._now(), item))
             self._cond.notify()
@@ -104,8 +113,8 @@ class Recorder:
                          "not recorded until it drains; each is still in this log", len(self._items))
         return False
 
-    def _within_output_budget(self, item: Finish | Late) -> Finish | Late:
-        outcome = item.outcome if isinstance(item, Late) else item
+    def _within_output_budget(self, item: Outcome | Late) -> Outcome | Late:
+        outcome = _finish_of(item)
         if outcome is None or not outcome.output:
             return item
         size = len(outcome.output)
@@ -117,7 +126,7 @@ class Recorder:
             log.error("the history buffer holds %d bytes of output waiting for the store: outcomes are "
                       "now kept without their output until it drains", self._output_bytes)
         stripped = replace(outcome, output=OUTPUT_DROPPED)
-        return replace(item, outcome=stripped) if isinstance(item, Late) else stripped
+        return replace(item, outcome=stripped) if isinstance(item, Late) else replace(item, finish=stripped)
 
     def backlog(self) -> tuple[int, float | None, float | None]:
         """(writes waiting, age in seconds of the oldest, seconds the store has been failing)."""
@@ -174,8 +183,8 @@ class Recorder:
             with self._cond:
                 for _ in range(done):
                     _, item = self._items.popleft()
-                    if isinstance(item, (Finish, Late)):
-                        outcome = item.outcome if isinstance(item, Late) else item
+                    if isinstance(item, (Outcome, Late)):
+                        outcome = _finish_of(item)
                         if outcome is not None and outcome.output:
                             self._output_bytes -= len(outcome.output)
                 self._busy = False
@@ -211,7 +220,7 @@ class Recorder:
         while i < len(batch):
             kind = type(batch[i])
             j = i
-            while j < len(batch) and type(batch[j]) is kind and kind in (Pids, Finish):
+            while j < len(batch) and type(batch[j]) is kind and kind in (Pids, Outcome):
                 j += 1
             j = max(j, i + 1)
             group = batch[i:j]
@@ -228,8 +237,8 @@ class Recorder:
         first = group[0]
         if isinstance(first, Pids):
             self.store.set_pids([p for item in group for p in item.pairs])
-        elif isinstance(first, Finish):
-            self.store.finish_runs(group)
+        elif isinstance(first, Outcome):
+            self.store.finish_runs([self._resolve(item) for item in group])
         elif isinstance(first, Late):
             (run_id,) = self.store.start_runs([first.row])
             if run_id is None:
@@ -244,7 +253,7 @@ class Recorder:
                     # (inserting it again would find its instant claimed).
                     with self._cond:
                         queued_at, _ = self._items[index]
-                        self._items[index] = (queued_at, outcome)
+                        self._items[index] = (queued_at, Outcome(outcome))
                     raise
         elif isinstance(first, Call):
             try:
@@ -253,3 +262,15 @@ class Recorder:
                 raise
             except OSError as exc:
                 log.error("%s failed: %s", first.what, exc)
+
+    def _resolve(self, item: Outcome) -> Finish:
+        if item.cancelled_if_asked and self.store.cancel_requested(item.finish.run_id):
+            return replace(item.finish, status=RunStatus.CANCELLED, error=CANCELLED_ERROR)
+        return item.finish
+
+
+CANCELLED_ERROR = "cancelled by `cronpy cancel`"
+
+
+def _finish_of(item: Outcome | Late) -> Finish | None:
+    return item.outcome if isinstance(item, Late) else item.finish
