@@ -207,7 +207,45 @@ def show(
         from cronpy import render
 
         with _store_for_reading(file, state_dir, store) as h:
-            render.run_detail(h.get(run_id), as_json=as_json)
+            rec = h.get(run_id)
+        if not rec.status.finished:  # the history has its output only once it ends
+            from cronpy.outputs import with_live_output
+
+            rec = with_live_output(rec, _state_dir_for_reading(file, state_dir))
+        render.run_detail(rec, as_json=as_json)
+
+    _guard(body)
+
+
+@app.command()
+def logs(
+    target: Annotated[str, typer.Argument(help="A run id, or a job name (its latest run).",
+                                          autocompletion=_complete_jobs, show_default=False)],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="While the run goes, print its output as it comes "
+                                         "(like journalctl -f); exit when it ends.")] = False,
+    # Here -f is --follow, as for tail and journalctl: the jobs file is --file only.
+    file: Annotated[Optional[Path], typer.Option(
+        "--file", help="Jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False)] = None,
+    state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Print the output of a run: whole while it runs and when kept (`output: keep`), else the
+    tail the history keeps.
+
+    Example: cronpy logs backup --follow
+    """
+    def body() -> int:
+        from cronpy.outputs import show_logs
+
+        out = sys.stdout.buffer
+
+        def write(data: bytes) -> None:
+            out.write(data)
+            out.flush()
+
+        with _store_for_reading(file, state_dir, store) as h:
+            return show_logs(h, _state_dir_for_reading(file, state_dir), target, follow_run=follow, write=write,
+                             note=lambda text: _note(text))
 
     _guard(body)
 
@@ -266,6 +304,8 @@ def next_(
     from_: Annotated[Optional[str], typer.Option("--from", help="Start after this ISO 8601 time (default: now).")] = None,
     expr: Annotated[Optional[str], typer.Option("--expr", help="A schedule not in any file, e.g. '0 3 * * 1-5'.")] = None,
     tz: Annotated[str, typer.Option("--tz", help="Zone for --expr.")] = "UTC",
+    hash_name: Annotated[str, typer.Option(
+        "--name", help="Job name that H in --expr hashes, to preview a job's hashed times.")] = "expr",
     file: FileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -285,7 +325,7 @@ def next_(
             except ValueError:
                 raise UsageError(f"--from: expected an ISO 8601 time, got {from_!r}") from None
         if expr is not None:
-            times, words = service.next_for_expr(expr, tz, start, count)
+            times, words = service.next_for_expr(expr, tz, start, count, hash_name)
         elif name is not None:
             times, words = service.next_for_job(_load(file), name, start, count)
         else:
@@ -354,6 +394,47 @@ def status(file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt 
     _guard(body)
 
 
+@app.command("import-crontab")
+def import_crontab(
+    files: Annotated[list[str], typer.Argument(help="Crontab files; - reads standard input.", show_default=False)],
+    system: Annotated[bool, typer.Option("--system", help="The /etc/crontab and /etc/cron.d format: a user "
+                                         "column after the time fields (the job runs as that user).")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the jobs file here "
+                                                   "(default: standard output).", show_default=False)] = None,
+    best_effort: Annotated[bool, typer.Option("--best-effort", help="Write the jobs file even when some lines "
+                                              "cannot be translated exactly (they are still listed).")] = False,
+    tz: Annotated[Optional[str], typer.Option("--tz", help="The zone cron ran in (default: this host's).",
+                                              show_default=False)] = None,
+    smtp: Annotated[str, typer.Option("--smtp", help="The SMTP server that MAILTO mail goes through.")] = "localhost:25",
+) -> None:
+    """Translate crontabs into a jobs file: one job per line, the line as its description.
+
+    Whatever cannot be translated exactly is listed on stderr with its line, and the exit status
+    is 2 (nothing is written) unless --best-effort.
+
+    Example: crontab -l | cronpy import-crontab - -o jobs.yaml
+    """
+    def body() -> int:
+        from cronpy import crontab
+
+        sources = crontab.read_sources(files, sys.stdin.read() if "-" in files else None)
+        text, problems = crontab.import_crontabs(sources, system=system, timezone=tz or crontab.host_timezone(),
+                                                 smtp=smtp)
+        for p in problems:
+            _note(p.format())
+        if problems and not best_effort:
+            _note(f"{len(problems)} line(s) cannot be translated exactly; nothing written (--best-effort writes "
+                  "the rest)")
+            return 2  # bad input, as for a jobs file (EXIT_USAGE)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
+        return 0
+
+    _guard(body)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the jobs file, for editors.
@@ -365,6 +446,10 @@ def schema() -> None:
     from cronpy.schema import jobs_file_schema
 
     sys.stdout.write(json.dumps(jobs_file_schema(), indent=2) + "\n")
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(text + "\n")
 
 
 def _say(*lines: str) -> None:
@@ -383,6 +468,8 @@ def validate(
     """
     def body() -> None:
         jobs = _load(jobs_file)
+        for warning in jobs.warnings:
+            sys.stderr.write(f"warning: {warning}\n")
         sys.stdout.write(f"{jobs.source}: OK, {len(jobs.jobs)} job{'s' if len(jobs.jobs) != 1 else ''}\n")
 
     _guard(body)

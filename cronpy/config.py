@@ -12,16 +12,17 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from cronpy.durations import parse_duration
+from cronpy.durations import parse_duration, parse_size
 from cronpy.errors import ConfigError, Problem, UsageError
-from cronpy.models import At, Backoff, Cron, JobSet, JobSpec, Overlap, Schedule
-from cronpy.schedule import ever_fires, parse_schedule, zone
+from cronpy.models import (DEFAULT_OUTPUT_MAX, At, Backoff, Cron, JobSet, JobSpec, Notify, NotifyWhen, Overlap,
+                           Schedule)
+from cronpy.schedule import ever_fires, fires_in_zone, parse_schedule, shortest_gap, wall_time, zone
 from cronpy.paths import is_postgres_url
 
 TOP_KEYS = {"timezone", "state_dir", "store", "leader_lease", "max_concurrent", "history_retention", "shutdown_grace",
@@ -30,7 +31,10 @@ JOB_KEYS = {
     "description", "schedule", "at", "command", "python", "args", "kwargs", "enabled", "timezone",
     "timeout", "kill_grace", "retries", "backoff", "env", "cwd", "run_on_start", "overlap",
     "priority", "jitter", "catch_up", "after", "on_failure", "on_success", "on_retry", "ping", "webhook",
+    "shell", "user", "group", "stdin", "run_on_boot", "notify", "output", "output_max",
 }
+NOTIFY_KEYS = {"urls", "when"}
+_ACCOUNT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?$")  # useradd's names, or a numeric id
 BACKOFF_KEYS = {"initial", "factor", "max", "jitter"}
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENTRY_POINT = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -42,6 +46,7 @@ class _Doc:
 
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  #: valid, but probably not what was meant
 
     def line(self, *path: Any) -> int | None:
         while path:
@@ -150,9 +155,15 @@ class _Checker:
         self.doc = doc
         self.base_dir = base_dir
         self.now = now
+        # Where "never fires in this zone" and "the shortest gap" are judged from; without a
+        # clock (config never reads it), a fixed date keeps the answer reproducible.
+        self.reference = now if now is not None else datetime(2000, 1, 1, tzinfo=timezone.utc)
 
     def err(self, path: tuple[Any, ...], message: str) -> None:
         self.doc.error(path, message)
+
+    def warn(self, path: tuple[Any, ...], message: str) -> None:
+        self.doc.warnings.append(Problem(self.doc.line(*path), ".".join(str(p) for p in path), message))
 
     def unknown_keys(self, mapping: Mapping[str, Any], known: set[str], path: tuple[Any, ...], what: str) -> None:
         for key in mapping:
@@ -310,6 +321,11 @@ class _Checker:
                     if isinstance(schedule, Cron) and not ever_fires(schedule.expr, name):
                         ok = False
                         self.err(path + ("schedule",), f"{str(s)!r} never fires (no date matches it)")
+                    elif isinstance(schedule, Cron) and not fires_in_zone(schedule.expr, name, tz, self.reference):
+                        # A wildcard job whose every time is skipped by the clocks going forward.
+                        ok = False
+                        self.err(path + ("schedule",), f"{str(s)!r} never fires in {tz}: every time it names "
+                                 "falls in a skipped daylight-saving hour")
                 except ValueError as exc:
                     ok = False
                     self.err(path + ("schedule",), str(exc))
@@ -345,7 +361,7 @@ class _Checker:
             except ValueError:
                 self.err(where("overlap"), f"expected one of skip, queue, allow, got {_describe(merged['overlap'])}")
         bools = {}
-        for key in ("enabled", "run_on_start", "catch_up"):
+        for key in ("enabled", "run_on_start", "catch_up", "run_on_boot"):
             if key in merged:
                 if self.typed(merged[key], where(key), bool, "true or false"):
                     bools[key] = merged[key]
@@ -377,7 +393,16 @@ class _Checker:
                 after = tuple(raw_after)
             else:
                 self.err(path + ("after",), "expected a job name or a list of job names")
-        if not ok or None in (kill_grace, retries, backoff, priority, jitter):
+        cron_keys = self.cron_keys(merged, where, command)
+        if jitter and schedule is not None and ok:
+            # The runner delays each run by up to `jitter`; a delay that reaches the next run
+            # makes the two collide and one is dropped (every minute with 5m ran 21 times an hour).
+            gap = shortest_gap(schedule, tz, name, self.reference)
+            if gap is not None and jitter >= gap:
+                self.err(where("jitter"), f"{merged['jitter']} is not shorter than the shortest gap between two "
+                         f"runs ({_whole(gap)}): runs would be dropped")
+                return None
+        if not ok or None in (kill_grace, retries, backoff, priority, jitter) or cron_keys is None:
             return None
         assert kill_grace is not None and retries is not None and backoff is not None
         return JobSpec(
@@ -387,8 +412,101 @@ class _Checker:
             run_on_start=bools.get("run_on_start", False), overlap=overlap, priority=priority or 0,
             jitter=jitter or 0.0, catch_up=bools.get("catch_up", False), after=after,
             on_failure=hooks.get("on_failure"), on_success=hooks.get("on_success"), on_retry=hooks.get("on_retry"),
-            ping=urls.get("ping"), webhook=urls.get("webhook"), line=self.doc.line(*path),
+            ping=urls.get("ping"), webhook=urls.get("webhook"), run_on_boot=bools.get("run_on_boot", False),
+            line=self.doc.line(*path), **cron_keys,
         )
+
+    def cron_keys(self, merged: Mapping[str, Any], where: Any,
+                  command: str | tuple[str, ...] | None) -> dict[str, Any] | None:
+        """shell, user, group, stdin, notify, output, output_max: what a crontab line needs."""
+        out: dict[str, Any] = {}
+        good = True
+        if merged.get("shell") is not None:
+            shell = merged["shell"]
+            if not self.typed(shell, where("shell"), str, "the path of a shell"):
+                good = False
+            elif not os.path.isabs(shell) or any(c.isspace() for c in shell):
+                # cron runs SHELL itself with `-c`; a relative path would depend on the PATH.
+                self.err(where("shell"), f"expected an absolute path such as /bin/bash, got {shell!r}")
+                good = False
+            else:
+                out["shell"] = shell
+        for key in ("user", "group"):
+            value = merged.get(key)
+            if value is None:
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            if not isinstance(value, str) or not _ACCOUNT.match(value):
+                self.err(where(key), f"expected a {key} name or numeric id, got {_describe(value)}")
+                good = False
+            else:
+                out[key] = value
+        if merged.get("stdin") is not None:
+            if self.typed(merged["stdin"], where("stdin"), str, "text"):
+                out["stdin"] = merged["stdin"]
+            else:
+                good = False
+        if merged.get("notify") is not None:
+            notify = self.notify(merged["notify"], where("notify"))
+            if notify is None:
+                good = False
+            else:
+                out["notify"] = notify
+        if "output" in merged:
+            value = merged["output"]
+            if value not in ("keep", "tail"):
+                self.err(where("output"), f"expected keep (the whole output of each run, in the state dir) or "
+                         f"tail (the last 64 KiB, in the history), got {_describe(value)}")
+                good = False
+            out["keep_output"] = value == "keep"
+        if "output_max" in merged:
+            try:
+                out["output_max"] = parse_size(merged["output_max"])
+            except ValueError as exc:
+                self.err(where("output_max"), str(exc))
+                good = False
+        else:
+            out["output_max"] = DEFAULT_OUTPUT_MAX
+        return out if good else None
+
+    def notify(self, raw: Any, path: tuple[Any, ...]) -> Notify | None:
+        """`notify: URL`, `notify: [URL, …]` or `notify: {urls: …, when: [failure, recovery]}`."""
+        when: Any = [NotifyWhen.FAILURE.value]
+        urls: Any = raw
+        upath = path
+        if isinstance(raw, dict):
+            self.unknown_keys(raw, NOTIFY_KEYS, path, "notify")
+            urls, upath = raw.get("urls"), path + ("urls",)
+            when = raw.get("when", when)
+        if isinstance(urls, str):
+            urls = [urls]
+        good = True
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
+            self.err(upath, f"expected an Apprise URL (mailto://…, ntfy://…, json://…) or a list of them, "
+                     f"got {_describe(urls)}")
+            good = False
+        else:
+            for i, url in enumerate(urls):
+                if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://\S", url):
+                    self.err(upath + (i,) if len(urls) > 1 else upath,
+                             f"expected an Apprise URL such as mailto://… or ntfy://…, got {url!r}")
+                    good = False
+        if isinstance(when, str):
+            when = [when]
+        known = ", ".join(w.value for w in NotifyWhen)
+        whens: set[NotifyWhen] = set()
+        if not isinstance(when, list) or not when:
+            self.err(path + ("when",), f"expected one or a list of {known}, got {_describe(when)}")
+            good = False
+        else:
+            for w in when:
+                try:
+                    whens.add(NotifyWhen(w))
+                except ValueError:
+                    self.err(path + ("when",), f"expected one or a list of {known}, got {_describe(w)}")
+                    good = False
+        return Notify(tuple(urls), frozenset(whens)) if good else None
 
     def chains(self, jobs: Mapping[str, JobSpec], raw_jobs: Mapping[str, Any]) -> None:
         """`after:` names must exist, and following them must never lead back to the start."""
@@ -456,11 +574,22 @@ class _Checker:
             self.err(path, f"expected an ISO 8601 time, got {_describe(raw)}")
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=zone(tz))
+            # A wall-clock time means what it would for a fixed-time cron job: in a skipped
+            # hour it runs at the change, in a repeated hour in the first pass (cron(8)).
+            when, note = wall_time(when, zone(tz))
+            if note:
+                self.warn(path, note)
         if self.now is not None and when <= self.now and not catch_up:
             self.err(path, f"{when.isoformat()} is in the past (set `catch_up: true` to run it once anyway)")
             return None
         return At(when=when, text=str(raw))
+
+
+def _whole(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -496,6 +625,7 @@ def parse_jobs(text: str, source: str = "<string>", *, base_dir: Path | None = N
         jobs=jobset.jobs, source=src, timezone=jobset.timezone, state_dir=jobset.state_dir,
         max_concurrent=jobset.max_concurrent, history_retention=jobset.history_retention,
         shutdown_grace=jobset.shutdown_grace, store=jobset.store, leader_lease=jobset.leader_lease,
+        warnings=tuple(w.format(source) for w in sorted(doc.warnings, key=lambda w: (w.line or 0, w.key))),
     )
 
 
@@ -520,3 +650,46 @@ def get_job(jobs: JobSet, name: str) -> JobSpec:
     except KeyError:
         hint = _did_you_mean(name, set(jobs.jobs))
         raise UsageError(f"no job named {name!r} in {jobs.source or 'the jobs file'}{hint}") from None
+
+
+def check_runnable(jobs: JobSet, *, euid: int | None = None, only: str | None = None) -> None:
+    """What only the host running the jobs can tell: `user:`/`group:` exist and the runner may
+    switch to them (it must be root, as cron is), and `notify:` has Apprise installed.
+
+    `cronpy validate` does not call this (a file for a server validates on a laptop); `run` does
+    before anything starts, `trigger` for its job (`only`). Raises ConfigError naming file:line:key.
+    """
+    import grp
+    import pwd
+
+    euid = os.geteuid() if euid is None else euid
+    me = pwd.getpwuid(euid).pw_name if euid != 0 else "root"
+    problems: list[Problem] = []
+    apprise_missing: str | None = None
+    for spec in jobs.jobs.values():
+        if only is not None and spec.name != only:
+            continue
+        for key, value, lookup in (("user", spec.user, pwd.getpwnam), ("group", spec.group, grp.getgrnam)):
+            if value is None:
+                continue
+            try:
+                if value.isdigit():
+                    (pwd.getpwuid if key == "user" else grp.getgrgid)(int(value))
+                else:
+                    lookup(value)
+            except KeyError:
+                problems.append(Problem(spec.line, f"jobs.{spec.name}.{key}", f"no {key} {value!r} on this host"))
+                continue
+            if euid != 0:
+                problems.append(Problem(spec.line, f"jobs.{spec.name}.{key}",
+                                        f"running as {key} {value!r} needs the runner to run as root "
+                                        f"(it runs as {me}); remove `{key}:` or start cronpy as root"))
+        if spec.notify is not None and apprise_missing is None:
+            try:
+                import apprise  # noqa: F401
+            except ImportError:
+                apprise_missing = spec.name
+                problems.append(Problem(spec.line, f"jobs.{spec.name}.notify",
+                                        "notifications need Apprise: pip install 'cronpy[notify]'"))
+    if problems:
+        raise ConfigError(str(jobs.source or "<string>"), problems)

@@ -43,3 +43,26 @@ def format_duration(seconds: float) -> str:
     if whole < 86400:
         return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
     return f"{whole // 86400}d{whole % 86400 // 3600}h"
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|k|m|g)?", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str | int) -> int:
+    """Return the number of bytes `text` stands for: 500KB, 100MB, 1GiB, or a bare byte count.
+
+    Raises ValueError with a message fit for the user."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ValueError(f"expected a size such as 100MB or 1GiB, got {text!r}")
+    if isinstance(text, int):
+        size = text
+    else:
+        m = _SIZE.fullmatch(text.strip())
+        if m is None:
+            raise ValueError(f"expected a size such as 100MB or 1GiB, got {text!r}")
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower() if m.group(2) else None])
+    if size <= 0:
+        raise ValueError(f"a size must be more than zero, got {text!r}")
+    return size

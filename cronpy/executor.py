@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from cronpy.models import JobSpec, RunStatus
 
@@ -33,6 +33,14 @@ _READ_CHUNK = 64 * 1024
 DRAIN = 1.0  # seconds output is still read after the job's leader exits
 
 OutputSink = Callable[[str], None]
+
+
+class RawSink(Protocol):
+    """Receives every byte of a run's output as it arrives (`output: keep`, `cronpy logs -f`).
+
+    write() must not raise or block for long: it runs on the thread that watches the job."""
+
+    def write(self, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -102,8 +110,10 @@ class Attempt:
 
     def __init__(self, spec: JobSpec, context: RunContext, *, sink: OutputSink | None = None,
                  base_dir: Path | None = None, extra_env: dict[str, str] | None = None,
-                 base_env: Mapping[str, str] | None = None, inherit_fds: Sequence[int] = ()) -> None:
+                 base_env: Mapping[str, str] | None = None, inherit_fds: Sequence[int] = (),
+                 raw: RawSink | None = None) -> None:
         self.spec = spec
+        self.raw = raw
         self.context = context
         self.sink = sink
         self.base_dir = base_dir or Path.cwd()
@@ -120,7 +130,7 @@ class Attempt:
         self._started = time.monotonic()
         self._deadline = self._started + spec.timeout if spec.timeout else None
         self._tail = _Tail()
-        self._lines = _Lines(self._tail, sink)
+        self._lines = _Lines(self._tail, sink, raw)
         self._status: RunStatus | None = None  # what stopped the run (None: it ended by itself)
         self._kill_at: float | None = None
         self._drain_until: float | None = None
@@ -132,8 +142,11 @@ class Attempt:
         # Anything that fails here (no descriptors left, a full /tmp, a missing program)
         # fails this attempt, not the runner.
         try:
-            argv, env = self._argv_env(extra_env or {}, base_env)
-            self._spawn(argv, env, inherit_fds)
+            how = spawn_settings(spec, *self._argv_env(extra_env or {}, base_env))
+            if how.identity is not None and self._result_dir is not None:
+                # The entry point writes its result here as the job's user.
+                os.chown(self._result_dir.name, how.identity.uid, how.identity.gid)
+            self._spawn(how, inherit_fds)
         except OSError as exc:
             self.start_error = f"could not start: {exc.strerror or exc}" + (
                 f" ({exc.filename})" if getattr(exc, "filename", None) else "")
@@ -142,35 +155,41 @@ class Attempt:
 
     # -- spawning ------------------------------------------------------------------------------
 
-    def _spawn(self, argv: list[str], env: dict[str, str], inherit_fds: Sequence[int]) -> None:
+    def _spawn(self, how: SpawnSettings, inherit_fds: Sequence[int]) -> None:
         """posix_spawn where the job allows it (0.11 ms against Popen's 0.33 ms, measured in
-        issue #12); subprocess where posix_spawn cannot do what the job needs: a `cwd` (no
-        chdir file action before Python 3.13), and later a user/group switch."""
+        issue #12); subprocess where posix_spawn cannot do what the job needs: a working
+        directory (no chdir file action before Python 3.13) or a user/group switch."""
+        stdin_fd = _stdin_fd(how.stdin) if how.stdin is not None else None
         r, w = os.pipe2(os.O_CLOEXEC)  # the runner's ends never leak into other jobs
         try:
-            if self.spec.cwd is not None:
+            if how.cwd is not None or how.identity is not None:
                 self._proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=w, stderr=w, cwd=str(self.spec.cwd), env=env,
+                    how.argv, stdin=stdin_fd if stdin_fd is not None else subprocess.DEVNULL, stdout=w, stderr=w,
+                    cwd=how.cwd, env=how.env,
                     start_new_session=True,  # its own session and process group: killpg reaches its children
-                    close_fds=True, pass_fds=tuple(inherit_fds))
+                    close_fds=True, pass_fds=tuple(inherit_fds),
+                    **(how.identity.popen_args() if how.identity is not None else {}))
                 self.pid = self._proc.pid
             else:
-                path = _resolve(argv[0], env)
+                path = _resolve(how.argv[0], how.env)
                 actions: list[tuple[Any, ...]] = [
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, stdin_fd, 0) if stdin_fd is not None
+                    else (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, w, 1),
                     (os.POSIX_SPAWN_DUP2, w, 2),
                 ]
                 # dup2 onto itself clears close-on-exec (glibc 2.29+, POSIX 2024): only the
                 # descriptors named here (the job lock) reach the job.
                 actions += [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in inherit_fds]
-                self.pid = os.posix_spawn(path, argv, env, file_actions=actions, setsid=True,
+                self.pid = os.posix_spawn(path, how.argv, how.env, file_actions=actions, setsid=True,
                                           setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
         except BaseException:
             os.close(r)
             raise
         finally:
             os.close(w)
+            if stdin_fd is not None:
+                os.close(stdin_fd)
         self.out_fd = r
         os.set_blocking(r, False)
         self._pipe_open = True
@@ -203,7 +222,7 @@ class Attempt:
             return [sys.executable, "-m", "cronpy._entry"], env
         cmd = self.spec.command
         if isinstance(cmd, str):
-            return ["/bin/sh", "-c", cmd], env
+            return [self.spec.shell or "/bin/sh", "-c", cmd], env
         assert cmd is not None
         return list(cmd), env
 
@@ -402,13 +421,16 @@ class Attempt:
 class _Lines:
     """Output as it arrives: all of it into the tail, and whole lines to the sink."""
 
-    def __init__(self, tail: _Tail, sink: OutputSink | None) -> None:
+    def __init__(self, tail: _Tail, sink: OutputSink | None, raw: RawSink | None = None) -> None:
         self.tail = tail
         self.sink = sink
+        self.raw = raw
         self.pending = bytearray()
 
     def feed(self, chunk: bytes) -> None:
         self.tail.add(chunk)
+        if self.raw is not None:
+            self.raw.write(chunk)
         if self.sink is None:
             return
         pending = self.pending
@@ -460,6 +482,106 @@ def _resolve(program: str, env: Mapping[str, str]) -> str:
         if len(_PATHS) < 4096:
             _PATHS[(program, search)] = found
     return found
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a job runs as (`user:`/`group:`), resolved from the host's account database."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    def popen_args(self) -> dict[str, Any]:
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+
+@dataclass(frozen=True)
+class SpawnSettings:
+    """Everything needed to start one attempt's process; the executor's one seam for how a job
+    is started (argv, environment, directory, standard input, identity), whatever spawns it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    stdin: bytes | None  #: None: /dev/null
+    identity: Identity | None
+
+
+def resolve_identity(user: str | None, group: str | None) -> Identity | None:
+    """The uid, gid, supplementary groups and home of `user` (and `group`); None for neither.
+
+    Raises OSError (failing the attempt, not the runner) when the account has gone since the
+    file was loaded."""
+    if user is None and group is None:
+        return None
+    import grp
+    import pwd
+
+    try:
+        if user is None:
+            pw = pwd.getpwuid(os.geteuid())
+        else:
+            pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise OSError(f"no user {user!r} on this host") from None
+    gid = pw.pw_gid
+    if group is not None:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise OSError(f"no group {group!r} on this host") from None
+    groups = tuple(os.getgrouplist(pw.pw_name, gid)) if user is not None else ()
+    return Identity(pw.pw_name, pw.pw_uid, gid, groups, pw.pw_dir or "/")
+
+
+# What the executor itself sets for every attempt: all that passes from the runner's side into a
+# `user:` job's clean environment (a CRONPY_* variable of the runner's own environment does not).
+_OWN_VARIABLES = frozenset({"CRONPY_JOB", "CRONPY_ATTEMPT", "CRONPY_RUN_ID", "CRONPY_ENTRY", "PYTHONUNBUFFERED"})
+
+# cron(8) gives a job of /etc/crontab this environment (plus the crontab's own variables);
+# PATH as Debian's cron sets it.
+LOGIN_PATH = "/usr/bin:/bin"
+
+
+def spawn_settings(spec: JobSpec, argv: list[str], env: dict[str, str]) -> SpawnSettings:
+    """Apply `user:`/`group:`/`stdin:` to an attempt's argv and environment.
+
+    With `user:`, the job gets a clean login-like environment, as cron gives one: HOME, LOGNAME,
+    USER and SHELL of that user's account (SHELL: the job's `shell`, else /bin/sh, as cron),
+    PATH=/usr/bin:/bin, then the job's `env:` and cronpy's own CRONPY_* variables; it starts in
+    the user's home unless `cwd:` says otherwise. Nothing of the runner's environment leaks in.
+    """
+    identity = resolve_identity(spec.user, spec.group)
+    cwd = str(spec.cwd) if spec.cwd else None
+    if identity is not None and spec.user is not None:
+        clean = {"HOME": identity.home, "LOGNAME": identity.name, "USER": identity.name,
+                 "SHELL": spec.shell or "/bin/sh", "PATH": LOGIN_PATH}
+        clean.update(spec.env)
+        clean.update({k: v for k, v in env.items() if k in _OWN_VARIABLES})
+        env = clean
+        if cwd is None:
+            cwd = identity.home if os.path.isdir(identity.home) else "/"
+    stdin = spec.stdin.encode("utf-8") if spec.stdin is not None else None
+    return SpawnSettings(argv, env, cwd, stdin, identity)
+
+
+def _stdin_fd(data: bytes) -> int:
+    """A readable descriptor holding `data`, positioned at its start: a memfd (no file on disk,
+    no writer thread, no pipe buffer to fill), or an unlinked temporary file."""
+    try:
+        fd = os.memfd_create("cronpy-stdin", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        fh = tempfile.TemporaryFile()
+        fd = os.dup(fh.fileno())
+        fh.close()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def poke(fd: int) -> None:

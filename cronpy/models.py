@@ -34,6 +34,7 @@ class Trigger(enum.StrEnum):
     START = "start"  #: `run_on_start: true` when the runner started
     CATCHUP = "catchup"  #: fired once after downtime for instants missed (`catch_up: true`)
     DEPENDENCY = "dependency"  #: every job in its `after:` list succeeded since its last run
+    BOOT = "boot"  #: `run_on_boot: true` (cron's @reboot): the first runner start of a machine boot
 
 
 class Overlap(enum.StrEnum):
@@ -86,6 +87,27 @@ class At:
 Schedule = Cron | Every | At
 
 
+class NotifyWhen(enum.StrEnum):
+    """When a job's `notify:` URLs are sent a message about a finished run."""
+
+    FAILURE = "failure"  #: failed, timed out, interrupted or cancelled (and not retried)
+    RECOVERY = "recovery"  #: the first success after a failure
+    SUCCESS = "success"  #: every success
+    ALWAYS = "always"  #: every finished run
+    OUTPUT = "output"  #: the run printed something (cron's MAILTO)
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Apprise URLs and the outcomes that are sent to them."""
+
+    urls: tuple[str, ...]
+    when: frozenset[NotifyWhen] = frozenset({NotifyWhen.FAILURE})
+
+
+DEFAULT_OUTPUT_MAX = 100 * 1024 * 1024  #: bytes of kept output per job (`output_max`)
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One job of a jobs file, with defaults merged in; immutable once loaded."""
@@ -116,6 +138,14 @@ class JobSpec:
     on_retry: str | None = None
     ping: str | None = None  #: healthchecks.io-style URL: /start, success, /fail or /<exit code>
     webhook: str | None = None  #: a JSON POST of each finished run
+    shell: str | None = None  #: runs a command string as [shell, "-c", command]; None: /bin/sh
+    user: str | None = None  #: run as this user (the runner must be root), with a login-like env
+    group: str | None = None  #: run with this group instead of the user's primary group
+    stdin: str | None = None  #: text fed to the job's standard input; None: /dev/null
+    run_on_boot: bool = False  #: run once per machine boot (cron's @reboot), not per runner start
+    notify: Notify | None = None  #: Apprise notifications
+    keep_output: bool = False  #: `output: keep`: each run's whole output in a file in the state dir
+    output_max: int = DEFAULT_OUTPUT_MAX  #: bytes of kept output per job (older runs' files go first)
     line: int | None = None  #: where the job is defined in its file
 
     @property
@@ -136,6 +166,8 @@ class JobSet:
     shutdown_grace: float = 30.0
     store: str | None = None  #: a postgresql:// URL shared by a fleet; None: SQLite in the state dir
     leader_lease: float = 10.0  #: seconds a fleet leader's lease lasts unless renewed
+    #: "file:line: key: message" for what is valid but probably not meant (`cronpy validate` prints them)
+    warnings: tuple[str, ...] = ()
 
     @property
     def base_dir(self) -> Path:

@@ -146,7 +146,7 @@ def job_list(specs: Sequence[JobSpec], next_runs: dict[str, datetime | None],
         } for s in specs])
         return
     table(None, ["Job", "Schedule", "In words", "Zone", "Enabled", "Next run", "Last", "Description"], (
-        [s.name, s.schedule.text if s.schedule else "(manual)", words.get(s.name) or "", s.timezone,
+        [s.name, s.schedule.text if s.schedule else ("@reboot" if s.run_on_boot else "(manual)"), words.get(s.name) or "", s.timezone,
          "paused" if s.name in paused else "yes" if s.enabled else "no",
          "-" if s.name in paused else local(next_runs.get(s.name)),
          _status(last[s.name].status) if s.name in last else "-", s.description]

@@ -3,10 +3,10 @@
 Nothing here reads the clock or does I/O. The runner, `cronpy next` and `cronpy list` all
 call `next_fire`, so what `next` prints is what the runner fires.
 
-Cron fields are parsed and expanded by croniter (names, ranges, steps, `L`, `#`, `H`); the
-search for the next matching wall-clock time is ours, because croniter follows neither
-cron(8)'s daylight-saving rules nor Vixie cron's day-of-month/day-of-week rule for fields
-such as `*/2`, and constructing a croniter object costs ~200 us per job.
+Cron fields are parsed here, field by field, so that every error names its field and every
+accepted expression has one meaning (croniter, used before, expanded `9-SEP` to every month
+and ignored `W`). The search for the next matching wall-clock time follows cron(8)'s
+daylight-saving rules and Vixie cron's day-of-month/day-of-week rule.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from __future__ import annotations
 import bisect
 import calendar
 import functools
+import hashlib
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from dataclasses import field as dc_field
+from datetime import datetime, timedelta, timezone
+from typing import Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronpy.durations import parse_duration
@@ -35,8 +38,10 @@ PRESETS = {
 }
 
 # How far ahead to look for a match before calling an expression one that never fires
-# (`0 0 30 2 *`). 28 years is the full cycle of weekdays against leap years.
-SEARCH_YEARS = 29
+# (`0 0 30 2 *`): the Gregorian calendar repeats, weekdays included, every 400 years, and
+# zoneinfo extends a zone's last rule forever, so a job that fires at all fires within one
+# cycle of any start. (28 years is not a cycle: 2100 has no 29 February.)
+HORIZON_YEARS = 400
 
 _INTERVAL = re.compile(r"^(?:every\s+)?(\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$", re.IGNORECASE)
 
@@ -80,13 +85,160 @@ def parse_schedule(text: str) -> Cron | Every:
         return Every(seconds=seconds, text=s)
     if s.startswith("@"):
         if s.lower() == "@reboot":
-            raise ValueError("@reboot is not a schedule here: use `run_on_start: true`")
+            raise ValueError("@reboot is not a schedule here: use `run_on_boot: true` (once per boot) "
+                             "or `run_on_start: true` (every runner start)")
         expr = PRESETS.get(s.lower())
         if expr is None:
             raise ValueError(f"unknown preset {s!r} (known: {', '.join(sorted(PRESETS))})")
         return Cron(expr=expr, text=s)
     compile_cron(s, "")  # raises ValueError on bad fields
     return Cron(expr=s, text=s)
+
+
+_MONTHS = {name: i + 1 for i, name in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())}
+_DAYS = {name: i for i, name in enumerate("SUN MON TUE WED THU FRI SAT".split())}
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One field of a cron expression: its name, the values it takes, the names it knows."""
+
+    name: str
+    lo: int
+    hi: int  # day-of-week: 7 (Sunday again), as in Vixie cron, so `5-7` and `*/7` work
+    names: Mapping[str, int]
+    # `H` picks from this range: day-of-month stops at 28 so the job runs every month
+    # (Jenkins' rule), day-of-week at 6 so Sunday is not twice as likely.
+    hash_hi: int
+
+
+_SECOND = _Kind("second", 0, 59, {}, 59)
+_MINUTE = _Kind("minute", 0, 59, {}, 59)
+_HOUR = _Kind("hour", 0, 23, {}, 23)
+_DOM = _Kind("day-of-month", 1, 31, {}, 28)
+_MONTH = _Kind("month", 1, 12, _MONTHS, 12)
+_DOW = _Kind("day-of-week", 0, 7, _DAYS, 6)
+
+_NUM = r"(\d+|[A-Z]{3})"
+_RANGE_ITEM = re.compile(rf"^(?:(\*)|{_NUM}(?:-{_NUM})?)(?:/(\d+))?$")
+_HASH_ITEM = re.compile(r"^H(?:\((\d+)-(\d+)\))?(?:/(\d+))?$")
+_NEAREST = re.compile(r"^(\d+)W$")
+_LAST_DOW = re.compile(rf"^(?:{_NUM}L|L{_NUM})$")
+_NTH_DOW = re.compile(rf"^{_NUM}#(\d+)$")
+
+
+class _FieldError(ValueError):
+    pass
+
+
+@dataclass
+class _Field:
+    """What one field matches: plain values plus the Quartz day forms."""
+
+    values: set[int] = dc_field(default_factory=set)
+    last_day: bool = False  # `L` in day-of-month
+    last_weekday: bool = False  # `LW`
+    nearest: set[int] = dc_field(default_factory=set)  # `15W`
+    last_of: set[int] = dc_field(default_factory=set)  # `5L`: the last Friday
+    nth: set[tuple[int, int]] = dc_field(default_factory=set)  # `5#3`: (weekday, occurrence)
+
+
+def _hash(key: str, kind: _Kind) -> int:
+    # One digest per field (the field's name is the salt), so a job's hashed minute says
+    # nothing about its hashed hour: `H H * * *` reaches all 1,440 minutes of the day.
+    return int.from_bytes(hashlib.sha256(f"{key}\0{kind.name}".encode()).digest()[:8], "big")
+
+
+def _value(text: str, kind: _Kind) -> int:
+    if text.isdigit():
+        v = int(text)
+    elif text in kind.names:
+        v = kind.names[text]
+    else:
+        raise _FieldError(f"{text!r} is not a number" + (" or a name" if kind.names else ""))
+    if not kind.lo <= v <= kind.hi:
+        raise _FieldError(f"{v} is out of range {kind.lo}-{kind.hi}")
+    return v
+
+
+def _parse_field(text: str, kind: _Kind, hash_key: str) -> _Field:
+    out = _Field()
+    for item in text.split(","):
+        if not item:
+            raise _FieldError("an empty list item")
+        _parse_item(item, kind, hash_key, out)
+    return out
+
+
+def _parse_item(item: str, kind: _Kind, hash_key: str, out: _Field) -> None:
+    day_kind = kind in (_DOM, _DOW)
+    if item == "?" and day_kind:
+        out.values.update(v % 7 if kind is _DOW else v for v in range(kind.lo, kind.hi + 1))  # Quartz `?`: `*`
+        return
+    if kind is _DOM:
+        if item == "L":
+            out.last_day = True
+            return
+        if item == "LW":
+            out.last_weekday = True
+            return
+        if m := _NEAREST.match(item):
+            out.nearest.add(_value(m[1], kind))
+            return
+    if kind is _DOW:
+        if item == "L":
+            raise _FieldError("`L` needs a weekday here: `5L` is the last Friday of the month")
+        if m := _LAST_DOW.match(item):
+            out.last_of.add(_value(m[1] or m[2], kind) % 7)
+            return
+        if m := _NTH_DOW.match(item):
+            n = int(m[2])
+            if not 1 <= n <= 5:
+                raise _FieldError(f"#{n}: a weekday occurs 1 to 5 times a month")
+            out.nth.add((_value(m[1], kind) % 7, n))
+            return
+    if m := _HASH_ITEM.match(item):
+        lo, hi = kind.lo, kind.hash_hi
+        if m[1] is not None:
+            lo, hi = _value(m[1], kind), _value(m[2], kind)
+            if lo > hi:
+                raise _FieldError(f"H({lo}-{hi}): the range runs backwards")
+        if not hash_key:
+            raise _FieldError("`H` needs a job name to hash")
+        h = _hash(hash_key, kind)
+        if m[3] is None:
+            out.values.add(lo + h % (hi - lo + 1))
+        else:
+            step = _step(m[3])
+            out.values.update(range(lo + h % min(step, hi - lo + 1), hi + 1, step))
+        return
+    m = _RANGE_ITEM.match(item)
+    if not m:
+        raise _FieldError(f"{item!r} is not a value, range, step or list" + (
+            " (day forms: L, LW, 15W)" if kind is _DOM else " (day forms: 5L, 5#3)" if kind is _DOW else ""))
+    star, first, last, step_text = m[1], m[2], m[3], m[4]
+    if star:
+        lo, hi = kind.lo, kind.hi
+    else:
+        lo = _value(first, kind)
+        if last is not None:
+            hi = _value(last, kind)
+            if kind is _DOW and hi == 0 and lo > 0:
+                hi = 7  # `FRI-SUN`, `7-SUN`: Sunday at the end of a range is day 7
+        else:
+            # `5/15` is `5-59/15` (cronie, croniter, cronsim; Vixie cron refuses it)
+            hi = kind.hi if step_text is not None else lo
+        if lo > hi:
+            raise _FieldError(f"the range runs backwards ({lo} > {hi})")
+    step = _step(step_text) if step_text is not None else 1
+    out.values.update(v % 7 if kind is _DOW else v for v in range(lo, hi + 1, step))
+
+
+def _step(text: str) -> int:
+    step = int(text)
+    if step < 1:
+        raise _FieldError("a step must be at least 1")
+    return step
 
 
 @dataclass(frozen=True)
@@ -96,91 +248,108 @@ class CronFields:
     seconds: tuple[int, ...]
     minutes: tuple[int, ...]
     hours: tuple[int, ...]
-    doms: frozenset[int]
-    last_dom: bool  # `L` in the day-of-month field
     months: frozenset[int]
+    doms: frozenset[int]
+    last_dom: bool  # `L`
+    last_weekday: bool  # `LW`
+    nearest_weekday: frozenset[int]  # `15W`
     dows: frozenset[int]  # 0 = Sunday
-    nth: dict[int, frozenset[int]]  # weekday -> which occurrences in the month (`1#2`)
+    last_dows: frozenset[int]  # `5L`
+    nth: frozenset[tuple[int, int]]  # `5#3`: (weekday, occurrence in the month)
+    # Vixie cron: when either day field starts with `*`, a day must match both fields;
+    # when both are restricted, either field may match.
     dom_star: bool
     dow_star: bool
-    # cron(8): a job is "wildcard" when its second, minute or hour field starts with `*` or
-    # has a step; wildcard jobs follow the wall clock through DST changes, fixed-time jobs
-    # run exactly once a day (see next_fire).
+    # cron(8) (Vixie/Debian entry.c): a job is "wildcard" when its minute or hour field starts
+    # with `*`; wildcard jobs follow the wall clock through DST changes, the others (fixed-time)
+    # run once per wall-clock time (see cron_next).
     wildcard: bool
+    _days: dict[tuple[int, int], tuple[int, ...]] = dc_field(
+        default_factory=dict, compare=False, hash=False, repr=False)
 
-    def day_matches(self, d: date) -> bool:
-        dom_ok = d.day in self.doms or (self.last_dom and d.day == calendar.monthrange(d.year, d.month)[1])
-        wd = d.isoweekday() % 7
-        dow_ok = wd in self.dows and (wd not in self.nth or (d.day - 1) // 7 + 1 in self.nth[wd])
-        # Vixie cron: when either day field starts with `*` (even `*/2`), both must match;
-        # when both are restricted, either may match.
-        if self.dom_star or self.dow_star:
-            return dom_ok and dow_ok
-        return dom_ok or dow_ok
+    def month_days(self, year: int, month: int) -> tuple[int, ...]:
+        """The days of `month` that match the day-of-month and day-of-week fields."""
+        key = (year, month)
+        days = self._days.get(key)
+        if days is None:
+            if len(self._days) > 2048:  # a 400-year search should not keep 4,800 months
+                self._days.clear()
+            days = self._days[key] = tuple(self._compute_days(year, month))
+        return days
 
+    def _compute_days(self, year: int, month: int) -> list[int]:
+        first_wd, last = calendar.monthrange(year, month)  # Monday = 0
+        first = (first_wd + 1) % 7  # Sunday = 0, as in cron
 
-_ONE_VALUE_RANGE = re.compile(r"(?<![\w#])(\w+)-\1(?:/\d+)?(?![\w-])", re.IGNORECASE)
+        def weekday(day: int) -> int:
+            return (first + day - 1) % 7
 
+        def nearest(day: int) -> int | None:
+            # Quartz `W`: the weekday nearest `day`, never leaving the month.
+            if day > last:
+                return None
+            wd = weekday(day)
+            if wd == 6:
+                return day - 1 if day > 1 else day + 2
+            if wd == 0:
+                return day + 1 if day < last else day - 2
+            return day
 
-def _normalise(field: str) -> str:
-    # croniter expands a one-value range such as `2-2` to `*` (every value): write it as `2`.
-    return _ONE_VALUE_RANGE.sub(r"\1", field)
-
-
-def _expand(values: list[int | str], full: range) -> tuple[int, ...]:
-    if values == ["*"]:
-        return tuple(full)
-    return tuple(sorted({int(v) for v in values}))
+        dom_days = {d for d in self.doms if d <= last}
+        if self.last_dom:
+            dom_days.add(last)
+        if self.last_weekday:
+            dom_days.add(nearest(last) or last)
+        for n in self.nearest_weekday:
+            d = nearest(n)
+            if d is not None:
+                dom_days.add(d)
+        out = []
+        for day in range(1, last + 1):
+            wd = weekday(day)
+            dow_ok = (wd in self.dows or (wd, (day - 1) // 7 + 1) in self.nth
+                      or (wd in self.last_dows and day + 7 > last))
+            dom_ok = day in dom_days
+            if (dom_ok and dow_ok) if (self.dom_star or self.dow_star) else (dom_ok or dow_ok):
+                out.append(day)
+        return out
 
 
 @functools.lru_cache(maxsize=4096)
 def _compile(expr: str, hash_id: str) -> CronFields:
-    from croniter import CroniterError, croniter  # deferred: ~70 ms to import
-
-    fields = [_normalise(f) for f in expr.split()]
-    if len(fields) not in (5, 6):
-        raise ValueError(f"a cron expression has 5 fields (6 with leading seconds), got {len(fields)}: {expr!r}")
-    if len(fields) == 6:
-        sec_field, rest = fields[0], fields[1:]
-    else:
-        sec_field, rest = "0", fields
-    try:
-        expanded, nth = croniter.expand(
-            " ".join(rest + [sec_field] if len(fields) == 6 else rest),
-            hash_id=hash_id.encode() if hash_id else None,
-        )
-    except CroniterError as exc:
-        raise ValueError(f"invalid cron expression {expr!r}: {_croniter_reason(exc)}") from None
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise ValueError(f"invalid cron expression {expr!r}: {exc}") from None
-    mins, hrs, doms, months, dows = expanded[:5]
-    secs = expanded[5] if len(expanded) > 5 else [0]
-    dom_values = [v for v in doms if v != "l"]
-    minute_field, hour_field = rest[0], rest[1]
+    texts = expr.upper().split()
+    if len(texts) not in (5, 6):
+        raise ValueError(f"a cron expression has 5 fields (6 with leading seconds), got {len(texts)}: {expr!r}")
+    if len(texts) == 5:
+        texts = ["0"] + texts
+    parsed = []
+    for text, kind in zip(texts, (_SECOND, _MINUTE, _HOUR, _DOM, _MONTH, _DOW)):
+        try:
+            parsed.append(_parse_field(text, kind, hash_id))
+        except _FieldError as exc:
+            raise ValueError(f"invalid cron expression {expr!r}: {kind.name} field {text!r}: {exc}") from None
+    sec, minute, hour, dom, month, dow = parsed
     return CronFields(
-        seconds=_expand(secs, range(60)),
-        minutes=_expand(mins, range(60)),
-        hours=_expand(hrs, range(24)),
-        doms=frozenset(range(1, 32)) if doms == ["*"] else frozenset(int(v) for v in dom_values),
-        last_dom="l" in doms,
-        months=frozenset(range(1, 13)) if months == ["*"] else frozenset(int(v) for v in months),
-        dows=frozenset(range(7)) if dows == ["*"] else frozenset(int(v) % 7 for v in dows),
-        nth={int(k) % 7: frozenset(v) for k, v in nth.items()},
-        dom_star=rest[2].startswith("*") or rest[2] == "?",
-        dow_star=rest[4].startswith("*") or rest[4] == "?",
-        wildcard=any(f.startswith("*") or "/" in f for f in (sec_field, minute_field, hour_field)),
+        seconds=tuple(sorted(sec.values)),
+        minutes=tuple(sorted(minute.values)),
+        hours=tuple(sorted(hour.values)),
+        months=frozenset(month.values),
+        doms=frozenset(dom.values),
+        last_dom=dom.last_day,
+        last_weekday=dom.last_weekday,
+        nearest_weekday=frozenset(dom.nearest),
+        dows=frozenset(dow.values),
+        last_dows=frozenset(dow.last_of),
+        nth=frozenset(dow.nth),
+        dom_star=texts[3][0] in "*?",
+        dow_star=texts[5][0] in "*?",
+        wildcard=texts[1].startswith("*") or texts[2].startswith("*"),
     )
-
-
-def _croniter_reason(exc: Exception) -> str:
-    msg = str(exc)
-    # croniter prefixes its messages with the whole expression in brackets; we name it already.
-    return re.sub(r"^\[[^\]]*\]\s*", "", msg) or msg
 
 
 def compile_cron(expr: str, job_name: str) -> CronFields:
     """Expand `expr`; `H` fields are hashed from the job name so equal schedules spread out."""
-    # croniter needs some hash id to expand `H`; a schedule checked outside a job gets a fixed one.
+    # A schedule checked outside any job (`parse_schedule`) hashes `H` with a fixed name.
     return _compile(expr, (job_name or "cronpy") if "h" in expr.lower() else "")
 
 
@@ -191,49 +360,73 @@ def ever_fires(expr: str, job_name: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _ever_fires(expr: str, hash_id: str) -> bool:
+    # The Gregorian calendar repeats every 400 years, weekdays included: a day pattern that
+    # matches no date in one cycle matches none ever.
     return _next_naive(compile_cron(expr, hash_id), datetime(2000, 1, 1)) is not None
 
 
-def _next_in(values: tuple[int, ...], current: int) -> int | None:
-    i = bisect.bisect_right(values, current)
-    return values[i] if i < len(values) else None
-
-
-def _next_naive(f: CronFields, after: datetime) -> datetime | None:
-    """Return the first wall-clock time strictly after naive `after` that matches `f`."""
-    t = after.replace(microsecond=0) + timedelta(seconds=1)
-    limit = after.year + SEARCH_YEARS
-    while t.year <= limit:
-        if t.month not in f.months:
-            y, mo = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-            t = datetime(y, mo, 1)
-            continue
-        if not f.day_matches(t.date()):
-            t = datetime(t.year, t.month, t.day) + timedelta(days=1)
-            continue
-        if t.hour not in f.hours:
-            h = _next_in(f.hours, t.hour)
-            t = t.replace(hour=h, minute=0, second=0) if h is not None else datetime(t.year, t.month, t.day) + timedelta(days=1)
-            continue
-        if t.minute not in f.minutes:
-            nm = _next_in(f.minutes, t.minute)
-            t = t.replace(minute=nm, second=0) if nm is not None else t.replace(minute=0, second=0) + timedelta(hours=1)
-            continue
-        if t.second not in f.seconds:
-            s = _next_in(f.seconds, t.second)
-            t = t.replace(second=s) if s is not None else t.replace(second=0) + timedelta(minutes=1)
-            continue
-        return t
+def _time_from(f: CronFields, h: int, m: int, s: int) -> tuple[int, int, int] | None:
+    """The first (hour, minute, second) of `f` at or after h:m:s on one day, or None."""
+    for hour in f.hours[bisect.bisect_left(f.hours, h):]:
+        if hour > h:
+            return hour, f.minutes[0], f.seconds[0]
+        for minute in f.minutes[bisect.bisect_left(f.minutes, m):]:
+            if minute > m:
+                return hour, minute, f.seconds[0]
+            i = bisect.bisect_left(f.seconds, s)
+            if i < len(f.seconds):
+                return hour, minute, f.seconds[i]
     return None
 
 
-def _exists(naive: datetime, tz: ZoneInfo) -> bool:
-    aware = naive.replace(tzinfo=tz)
-    return aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == naive
+def _next_naive(f: CronFields, after: datetime) -> datetime | None:
+    """Return the first wall-clock time strictly after naive `after` that matches `f`.
+
+    The search covers HORIZON_YEARS, and stops quietly at the end of year 9999.
+    """
+    try:
+        t = after.replace(microsecond=0) + timedelta(seconds=1)
+    except OverflowError:
+        return None
+    limit = min(t.year + HORIZON_YEARS, 9999)
+    year, month, day, hms = t.year, t.month, t.day, (t.hour, t.minute, t.second)
+    while year <= limit:
+        if month in f.months:
+            for d in f.month_days(year, month):
+                if d < day:
+                    continue
+                found = _time_from(f, *hms) if d == day else (f.hours[0], f.minutes[0], f.seconds[0])
+                if found is not None:
+                    return datetime(year, month, d, *found)
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        day, hms = 1, (0, 0, 0)
+    return None
 
 
-def _ambiguous(naive: datetime, tz: ZoneInfo) -> bool:
-    return naive.replace(tzinfo=tz, fold=0).utcoffset() != naive.replace(tzinfo=tz, fold=1).utcoffset()
+def _instants(naive: datetime, tz: ZoneInfo) -> list[datetime]:
+    """Every UTC instant whose wall-clock time in `tz` is `naive`: none in a skipped hour,
+    two in a repeated one.
+
+    Worked out from the UTC -> local direction only: zoneinfo's local -> UTC guess (`fold`)
+    is wrong where a change keeps the offset (America/Nuuk, 2023-10-28, -02 to -02).
+    """
+    p = naive.replace(tzinfo=UTC)
+    first, second = naive.replace(tzinfo=tz, fold=0).utcoffset(), naive.replace(tzinfo=tz, fold=1).utcoffset()
+    if first == second:  # zoneinfo sees no change here (it flags every real one by PEP 495's fold)
+        return [p - first]  # type: ignore[operator]
+    day = timedelta(days=1)
+    offsets = {(p - day).astimezone(tz).utcoffset(), (p + day).astimezone(tz).utcoffset(), first, second}
+    found = {u for o in offsets if (u := p - o).astimezone(tz).replace(tzinfo=None) == naive}  # type: ignore[operator]
+    return sorted(found)
+
+
+def _gap_end(naive: datetime, tz: ZoneInfo) -> datetime:
+    """The instant the clocks jumped over skipped wall-clock time `naive`: the change itself."""
+    p = naive.replace(tzinfo=UTC)
+    day = timedelta(days=1)
+    offsets = [(p - day).astimezone(tz).utcoffset(), (p + day).astimezone(tz).utcoffset(),
+               naive.replace(tzinfo=tz, fold=0).utcoffset(), naive.replace(tzinfo=tz, fold=1).utcoffset()]
+    return _transition(p - max(offsets), p - min(offsets), tz)  # type: ignore[type-var, operator]
 
 
 def _transition(lo: datetime, hi: datetime, tz: ZoneInfo) -> datetime:
@@ -252,55 +445,99 @@ def _transition(lo: datetime, hi: datetime, tz: ZoneInfo) -> datetime:
 def cron_next(f: CronFields, tz: ZoneInfo, after: datetime) -> datetime | None:
     """Return the first instant strictly after aware `after` at which `f` fires in zone `tz`.
 
-    Daylight saving time follows cron(8) (Debian's man page, "daylight saving time"):
+    Daylight saving time follows cron(8)'s main loop (Vixie cron 4 / Debian cron.c, and its
+    man page, "daylight saving time"):
     - clocks go forward: a fixed-time job whose time falls in the skipped hour runs once, at
-      the first instant after the change; a wildcard job simply has no run in the gap;
+      the change; a wildcard job simply has no run in the gap;
     - clocks go back: a fixed-time job runs once, in the first pass of the repeated hour; a
       wildcard job runs in both passes (it follows the wall clock).
+    Each matching wall-clock time maps to 0, 1 or 2 instants; the answer is the earliest one
+    after `after`. Earliest instants grow with wall-clock time, so the walk stops at the first
+    wall-clock time whose earliest instant is past the best found: only a second pass (which
+    comes after later first-pass times) can be out of order, and it is found before that.
     """
     after = after.astimezone(UTC)
-    local = after.astimezone(tz)
-    naive, in_second_pass = local.replace(tzinfo=None), local.fold == 1
-    cursor = naive
-    while True:
-        c = _next_naive(f, cursor)
-        if c is None:
-            return None
-        cursor = c
-        if not _exists(c, tz):
-            if f.wildcard:
-                continue
-            # Fire at the end of the gap: the transition instant.
-            lo = c.replace(tzinfo=tz, fold=1).astimezone(UTC) - timedelta(hours=3)
-            instant = _transition(lo, c.replace(tzinfo=tz, fold=0).astimezone(UTC), tz)
-        elif _ambiguous(c, tz):
-            first = c.replace(tzinfo=tz, fold=0).astimezone(UTC)
-            second = c.replace(tzinfo=tz, fold=1).astimezone(UTC)
-            if f.wildcard and in_second_pass:
-                instant = second
-            elif first > after:
-                instant = first
-            elif f.wildcard and second > after:
-                instant = second
-            else:
-                continue
-        else:
-            instant = c.replace(tzinfo=tz).astimezone(UTC)
-        if instant <= after:
-            continue
-        break
-    if f.wildcard and not in_second_pass:
-        # A fall-back between `after` and `instant` opens a second pass through the repeated
-        # wall-clock times, which the naive search above walked past: look there too.
-        if after.astimezone(tz).utcoffset() > instant.astimezone(tz).utcoffset():  # type: ignore[operator]
-            t = _transition(after, instant, tz)
-            start = t.astimezone(tz).replace(tzinfo=None)
-            c = _next_naive(f, start - timedelta(seconds=1))
-            if c is not None and _ambiguous(c, tz):
-                second = c.replace(tzinfo=tz, fold=1).astimezone(UTC)
-                if after < second < instant:
-                    return second
-    return instant
+    local = after.astimezone(tz).replace(tzinfo=None)
+    cursor = local
+    try:
+        if f.wildcard and after.astimezone(tz).replace(fold=1).utcoffset() != after.astimezone(tz).utcoffset():
+            here = _instants(local.replace(microsecond=0), tz)
+            if len(here) == 2 and after < here[1]:
+                # `after` is in the first pass of a repeated hour: times before it in that hour
+                # come round again in the second pass. Walk from the start of the repeat.
+                change = _transition(here[0], here[1], tz)
+                cursor = change.astimezone(tz).replace(tzinfo=None) - timedelta(seconds=1)
+        best: datetime | None = None
+        while (c := _next_naive(f, cursor)) is not None:
+            cursor = c
+            instants = _instants(c, tz)
+            if not instants:
+                if f.wildcard:
+                    continue
+                instants = [_gap_end(c, tz)]
+            elif not f.wildcard:
+                instants = instants[:1]
+            if best is not None and instants[0] >= best:
+                break
+            for u in instants:
+                if u > after and (best is None or u < best):
+                    best = u
+            if best is not None and best <= instants[0]:
+                break  # later wall-clock times have no instant earlier than this one's first
+        return best
+    except OverflowError:  # at the edge of year 1 or 9999
+        return None
+
+
+def wall_time(naive: datetime, tz: ZoneInfo) -> tuple[datetime, str | None]:
+    """Resolve a wall-clock time (an `at:` without offset) as cron(8) does a fixed-time job.
+
+    Returns the instant, and a note when the time is skipped (the job runs at the change) or
+    repeated (it runs in the first pass).
+    """
+    instants = _instants(naive, tz)
+    if len(instants) == 1:
+        return instants[0], None
+    if instants:
+        first = instants[0].astimezone(tz)
+        return instants[0], (f"{naive.isoformat()} happens twice in {tz.key} (the clocks go back): it runs "
+                             f"once, at the first, {first.isoformat()}")
+    change = _gap_end(naive, tz)
+    before = (change - timedelta(seconds=1)).astimezone(tz) + timedelta(seconds=1)
+    return change, (f"{naive.isoformat()} does not exist in {tz.key} (the clocks skip from "
+                    f"{before:%H:%M} to {change.astimezone(tz):%H:%M}): it runs at the change, "
+                    f"{change.astimezone(tz).isoformat()}")
+
+
+def fires_in_zone(expr: str, job_name: str, tz_name: str, after: datetime) -> bool:
+    """False when every time `expr` names after `after` falls in a skipped daylight-saving
+    hour of `tz_name` (a wildcard job such as `*/30 2 8-14 3 */7` in America/New_York)."""
+    return cron_next(compile_cron(expr, job_name), zone(tz_name), after) is not None
+
+
+def shortest_gap(sched: Schedule, tz_name: str, job_name: str, after: datetime) -> float | None:
+    """Seconds between the two closest consecutive runs, looking at up to 1,000 runs within
+    about a year of `after` (a one-shot has no gap: None)."""
+    if isinstance(sched, Every):
+        return sched.seconds
+    if not isinstance(sched, Cron):
+        return None
+    f, tz = compile_cron(sched.expr, job_name), zone(tz_name)
+    end = after + timedelta(days=400)
+    prev = cron_next(f, tz, after)
+    best: float | None = None
+    for _ in range(1000):
+        if prev is None or prev > end:
+            break
+        nxt = cron_next(f, tz, prev)
+        if nxt is None:
+            break
+        gap = (nxt - prev).total_seconds()
+        best = gap if best is None else min(best, gap)
+        if best <= 1:
+            break
+        prev = nxt
+    return best
 
 
 def every_next(interval: float, anchor: datetime, after: datetime) -> datetime:

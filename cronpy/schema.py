@@ -18,6 +18,7 @@ DURATION: dict[str, Any] = {
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 HOOK = {"type": "string", "description": "A shell command; the run's details are in CRONPY_* environment variables."}
 URL = {"type": "string", "pattern": r"^https?://[^\s/]+"}
+WHEN = ["failure", "recovery", "success", "always", "output"]
 
 JOB_PROPERTIES: dict[str, Any] = {
     "description": {"type": "string"},
@@ -60,6 +61,29 @@ JOB_PROPERTIES: dict[str, Any] = {
     "on_retry": HOOK,
     "ping": URL,
     "webhook": URL,
+    "shell": {"type": "string", "pattern": "^/\\S+$",
+              "description": "Runs a command string as SHELL -c COMMAND (cron's SHELL); default /bin/sh."},
+    "user": {"type": ["string", "integer"],
+             "description": "Run as this user, with its home and a login-like environment (the runner must be root)."},
+    "group": {"type": ["string", "integer"], "description": "Run with this group instead of the user's own."},
+    "stdin": {"type": "string", "description": "Text fed to the job's standard input (cron's `%`)."},
+    "run_on_boot": {"type": "boolean", "description": "Run once per machine boot (cron's @reboot)."},
+    "notify": {
+        "description": "Apprise URLs (mailto://, ntfy://, slack://, json://, ...) told about finished runs.",
+        "anyOf": [
+            {"type": "string"},
+            {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            {"type": "object", "additionalProperties": False, "required": ["urls"],
+             "properties": {
+                 "urls": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]},
+                 "when": {"anyOf": [{"enum": WHEN}, {"type": "array", "minItems": 1, "items": {"enum": WHEN}}]},
+             }},
+        ],
+    },
+    "output": {"enum": ["tail", "keep"],
+               "description": "keep: each run's whole output in the state dir (gzip), for `cronpy logs`."},
+    "output_max": {"description": "Kept output per job, older runs' files deleted first: 100MB, 1GiB, bytes.",
+                   "type": ["string", "integer"]},
 }
 
 DEFAULTS_PROPERTIES = {k: v for k, v in JOB_PROPERTIES.items() if k not in ("schedule", "at", "command", "python", "after")}

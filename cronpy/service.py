@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Callable
 
 from cronpy.clock import Clock, SystemClock
-from cronpy.config import get_job, load_jobs
+from cronpy.config import check_runnable, get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
 from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, StoreUnreachable
 from cronpy.executor import ensure_fd_budget, terminate_run
@@ -29,7 +29,8 @@ from cronpy.history import HOST
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
-from cronpy.models import At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
+from cronpy import outputs
+from cronpy.models import DEFAULT_OUTPUT_MAX, At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
 from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
 from cronpy.store import JobLocks, Leadership, Store, open_store
@@ -93,8 +94,9 @@ def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], No
         signal.signal(signal.SIGHUP, lambda signum, frame: on_reload())
 
 
-def _prune_loop(history: Store, retention: float, stop: threading.Event, clock: Clock) -> None:
-    """Delete runs older than the retention, hourly, off the scheduling thread."""
+def _prune_loop(history: Store, retention: float, stop: threading.Event, clock: Clock,
+                runner: Runner | None = None, sd: Path | None = None) -> None:
+    """Delete runs (and kept output files) older than the retention, hourly, off the scheduling thread."""
     while not stop.is_set():
         try:
             removed = history.prune(clock.now() - timedelta(seconds=retention))
@@ -102,7 +104,19 @@ def _prune_loop(history: Store, retention: float, stop: threading.Event, clock: 
                 log.info("history: pruned %d run(s) older than the retention", removed)
         except Exception as exc:  # never let pruning take the runner down
             log.error("history: pruning failed: %s", exc)
+        if runner is not None and sd is not None:
+            _prune_outputs(runner.jobs, sd, clock.now().timestamp() - retention)
         stop.wait(3600)
+
+
+def _prune_outputs(jobs: JobSet, sd: Path, older_than: float) -> None:
+    try:
+        caps = {name: spec.output_max for name, spec in jobs.jobs.items()}
+        removed = outputs.prune(sd, older_than, caps, DEFAULT_OUTPUT_MAX)
+        if removed:
+            log.info("output: pruned %d kept output file(s) (retention, output_max)", removed)
+    except Exception as exc:
+        log.error("output: pruning failed: %s", exc)
 
 
 class _Reloader:
@@ -293,6 +307,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     setup_logging(verbose)
     clock = clock or SystemClock()
     jobs = load_jobs(jobs_file, now=clock.now())  # nothing starts unless the whole file is valid
+    check_runnable(jobs)  # user:/group: need root, notify: needs Apprise: refuse before starting
+    for warning in jobs.warnings:
+        log.warning("%s", warning)
     _fd_budget(jobs)
     backend = _open_when_reachable(jobs, state_dir, store)
     if backend is None:  # stopped while the store was unreachable
@@ -302,8 +319,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     # The store writer's own connection: a write waiting on a busy or broken store must not
     # hold the connection the loop claims through.
     writer = open_backend(jobs, state_dir, store)[0]
-    integrations = Integrations()
-    runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations], writer=writer)
+    integrations = Integrations(previous=_previous_status(history))
+    runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations], state_dir=sd,
+                    boot=outputs.BootMarks(sd), writer=writer)
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
         history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -344,8 +362,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                 notifier.start_watchdog(runner.healthy)
                 watchdog = True
                 if jobs.history_retention:
-                    threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock),
-                                     daemon=True, name="prune").start()
+                    threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock,
+                                                               runner, sd), daemon=True, name="prune").start()
 
             def on_wake() -> None:
                 reloader()
@@ -435,13 +453,14 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     """
     setup_logging()
     get_job(jobs, name)
-    history, locks, _, _ = open_backend(jobs, state_dir, store)
+    check_runnable(jobs, only=None if chain else name)  # a chain may run any job of the file
+    history, locks, _, sd = open_backend(jobs, state_dir, store)
     with history:
         history.register_runner("trigger")
         live = _LiveTrigger(name) if sys.stdout.isatty() else None
-        integrations = Integrations()
+        integrations = Integrations(previous=_previous_status(history))
         runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
-                        observers=[integrations], chains=chain)
+                        observers=[integrations], chains=chain, state_dir=sd)
         if history.fenced:
             history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
         _install_signals(lambda urgent: runner.request_stop(now=True))
@@ -471,6 +490,17 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     if rec.exit_code is not None and rec.exit_code > 0:
         return rec.exit_code
     return 1
+
+
+def _previous_status(history: Store) -> Callable[[str, int], RunStatus | None]:
+    """How a job's last finished run before run `run_id` ended (for `notify: recovery`)."""
+    def previous(job: str, run_id: int) -> RunStatus | None:
+        for rec in history.query(job, limit=20):
+            if rec.id < run_id and rec.status.finished and rec.status is not RunStatus.SKIPPED:
+                return rec.status
+        return None
+
+    return previous
 
 
 def _raw_line(job: str, line: str) -> None:
@@ -587,7 +617,9 @@ def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[
     return _next(spec, start, count)
 
 
-def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
+def next_for_expr(expr: str, tz: str, start: datetime, count: int,
+                  name: str = "expr") -> tuple[list[datetime], str | None]:
+    """`cronpy next --expr`: `name` is the job name `H` fields hash, as in a jobs file."""
     from cronpy.errors import UsageError
     from cronpy.schedule import zone
 
@@ -596,7 +628,7 @@ def next_for_expr(expr: str, tz: str, start: datetime, count: int) -> tuple[list
         sched = parse_schedule(expr)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return _next(JobSpec(name="expr", schedule=sched, timezone=tz), start, count)
+    return _next(JobSpec(name=name, schedule=sched, timezone=tz), start, count)
 
 
 def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], str | None]:

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable, Deque, Sequence
 
 from cronpy.clock import Clock
@@ -37,6 +38,7 @@ from cronpy.runner.recorder import CANCELLED_ERROR, Call, Late, Outcome, Pids, R
 from cronpy.runner.supervisor import Supervisor
 from cronpy.schedule import latest_fire
 from cronpy.store import JobLock, JobLocks, Store
+from cronpy.outputs import BootMarks, RunOutput
 
 __all__ = ["FIRST_BATCH", "LEAD", "MISFIRE_GRACE", "Due", "OutputSink", "Runner"]
 
@@ -60,6 +62,8 @@ class _Active:
     spec: JobSpec
     started_at: datetime
     attempt: Attempt | None = None
+
+    output: RunOutput | None = None  # the run's whole output on disk (`logs -f`, `output: keep`)
 
     @property
     def run_id(self) -> int | None:
@@ -88,8 +92,13 @@ class Runner:
         observers: Sequence[Observer] = (),
         chains: bool = True,
         writer: Store | None = None,
+        state_dir: Path | None = None,
+        boot: BootMarks | None = None,
     ) -> None:
         self.jobs = jobs
+        # Where each run's whole output goes while it runs (`cronpy logs -f`, `output: keep`).
+        self.state_dir = state_dir
+        self.boot = boot  # once-per-boot marks of run_on_boot jobs; None: they never run
         self.observers = list(observers)
         self._base_env = dict(os.environ)  # jobs' environment: the runner's, as it started
         self.chains = chains  # fire `after:` dependents when a job succeeds
@@ -186,6 +195,8 @@ class Runner:
             self._schedule_next(spec, now)
             if spec.run_on_start and first_start:
                 self._push(now, spec.name, Trigger.START, now)
+            if spec.run_on_boot and first_start and self.boot is not None and self.boot.claim(spec.name):
+                self._push(now, spec.name, Trigger.BOOT, now)
 
     def _missed_while_down(self, spec: JobSpec, now: datetime, last: datetime | None) -> datetime | None:
         """With catch_up, the latest instant missed since the last claimed one, `last` (like
@@ -475,9 +486,12 @@ class Runner:
         fd = _file_lock_fd(lock)
         self._keys += 1
         active = _Active(self._keys, d, result, lock, spec, now)  # the started_at written to history
+        if self.state_dir is not None and run_id is not None:
+            # Opens its file on the first byte, on the supervisor's thread: nothing here on the path.
+            active.output = RunOutput(self.state_dir, spec.name, run_id, spec.output_max, spec.keep_output)
         # The job inherits its lock: it stays taken while the job runs, even if this process dies.
         attempt = active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir,
-                                           base_env=self._base_env,
+                                           base_env=self._base_env, raw=active.output,
                                            inherit_fds=(fd,) if fd is not None and fd >= 0 else ())
         self._active[active.key] = active
         self._running[spec.name] += 1
@@ -515,7 +529,13 @@ class Runner:
     def _on_done(self, active: _Active, result: AttemptResult) -> None:
         """The supervisor saw the attempt end: free its slot and lock now, record it later."""
         finished = self.clock.now()
+        output = active.output
+        if output is not None:
+            output.finish()  # every byte on disk before the outcome: `logs -f` ends there
         self._record(active, result, finished)
+        if output is not None:  # compressing (`output: keep`) is file work: the writer's, after the outcome
+            limit = active.spec.output_max
+            self.recorder.put(Call(f"{active.spec.name}: settling the output file", lambda: output.settle(limit)))
         lock = active.lock
         if lock is not None and lock is not self._prelocked.get(active.spec.name):
             try:

@@ -259,8 +259,8 @@ class Recorder:
             try:
                 first.call()
             except CronpyError:
-                raise
-            except OSError as exc:
+                raise  # the store: retried with the rest
+            except Exception as exc:  # anything else is not retried: said, and dropped
                 log.error("%s failed: %s", first.what, exc)
 
     def _resolve(self, item: Outcome) -> Finish:
