@@ -393,12 +393,17 @@ class History:
                 [(f.status.value, _ts(f.finished_at), f.duration, f.exit_code, f.error, f.output,
                   result_json(f.result), f.run_id) for f in items])
 
-    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:
-        """Mark `running` rows of this host whose runner process is gone as `interrupted`."""
+    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime, *,
+                       job_alive: Callable[[int, int], bool] | None = None) -> list[RunRecord]:
+        """Mark `running` rows of this host whose runner process is gone as `interrupted`.
+
+        With `job_alive(pid, run_id)`, a row whose job process is still alive is left running
+        (a killed `cronpy trigger`'s job runs on, holding its lock): only runs truly over."""
         rows = self._read(
             f"SELECT {COLUMNS}, runner_pid FROM runs WHERE status = 'running' AND host = ?", (HOST,)
         )
-        dead = [r for r in rows if r[15] is None or not is_alive(r[15])]
+        dead = [r for r in rows if (r[15] is None or not is_alive(r[15]))
+                and not (job_alive is not None and r[13] is not None and job_alive(r[13], r[0]))]
         if dead:
             with self._tx() as db:
                 for r in dead:

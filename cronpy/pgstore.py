@@ -540,13 +540,16 @@ class PgStore:
                 [(f.status.value, f.finished_at, f.duration, f.exit_code, f.error, f.output, result_json(f.result),
                   f.run_id) for f in items])
 
-    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:
-        """`running` rows whose runner is gone become `interrupted`: on this host, a dead pid;
-        on another host, a runner without a heartbeat for three lease lengths."""
+    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime, *,
+                       job_alive: Callable[[int, int], bool] | None = None) -> list[RunRecord]:
+        """`running` rows whose runner is gone become `interrupted`: on this host, a dead pid
+        (unless `job_alive(pid, run_id)` says its job runs on); on another host, a runner
+        without a heartbeat for three lease lengths."""
         with self._db.use() as cur:
             cur.execute(f"SELECT {COLUMNS}, runner_pid FROM cronpy.runs WHERE status = 'running' AND host = %s",
                         (HOST,))
-            local = [r for r in cur.fetchall() if r[15] is None or not is_alive(r[15])]
+            local = [r for r in cur.fetchall() if (r[15] is None or not is_alive(r[15]))
+                     and not (job_alive is not None and r[13] is not None and job_alive(r[13], r[0]))]
             cur.execute(
                 f"SELECT {COLUMNS}, runner_pid FROM cronpy.runs r WHERE status = 'running' AND host <> %s"
                 " AND NOT EXISTS (SELECT 1 FROM cronpy.runners x WHERE x.host = r.host AND x.pid = r.runner_pid"

@@ -253,6 +253,48 @@ class _StatusFile:
             self._stop.wait(STATUS_EVERY)
 
 
+# How often a runner looks for runs whose runner died but whose job has ended since (a
+# `cronpy trigger` killed with SIGKILL leaves its job running, holding the job lock).
+JANITOR_EVERY = 5.0
+
+
+class _Janitor:
+    """Marks `interrupted` the runs of this host whose runner died and whose job has ended
+    (one indexed read every JANITOR_EVERY seconds), through the writer's connection, on a
+    thread of its own: such a run does not stay `running` until the next runner restart."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store, self.clock = store, clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="janitor", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(JANITOR_EVERY):
+            try:
+                for rec in self.store.mark_dead_runs(_runner_alive, self.clock.now(), job_alive=_group_alive):
+                    log.warning("%s: run %d was left running by a process that died (its job has ended "
+                                "since); marked interrupted", rec.job, rec.id)
+            except CronpyError as exc:
+                log.debug("cannot look for dead runs: %s", exc)
+
+
+def _group_alive(pid: int, run_id: int) -> bool:
+    """True while a run's job process runs (a zombie nobody reaped yet has ended). A recycled
+    pid errs on the safe side: the row stays `running` a little longer, nothing is signalled."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True  # cannot tell: assume it runs
+
+
 def _backlog(runner: Runner) -> dict[str, object] | None:
     """The store writer's backlog, for `cronpy status`: how far behind the history is."""
     pending, oldest, failing = runner.backlog()
@@ -342,6 +384,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     stop_pruning = threading.Event()
     watchdog = False
     status_file = _StatusFile(sd, runner, jobs_file, since, history)
+    janitor = None if history.fenced else _Janitor(writer, clock)
     try:
         while not runner.stopping:
             if not _stand_by(leadership, runner, notifier, history, status_file):
@@ -384,6 +427,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         log.info("cronpy: stopped")
     finally:
         status_file.close()
+        if janitor is not None:
+            janitor.close()
         try:
             (sd / STATUS_FILE).unlink()
         except OSError:

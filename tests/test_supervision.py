@@ -154,9 +154,11 @@ def test_a_full_disk_stalls_no_run_and_every_outcome_is_written_when_space_retur
 def test_kill_9_of_trigger_leaves_the_lock_with_its_job_and_no_run_overlaps_it(jobs_file, tmp_path: Path) -> None:
     marker = tmp_path / "started"
     path = jobs_file(f"state_dir: state\njobs:\n  slow: {{command: 'echo $$ > {marker}; exec sleep 4'}}\n")
-    env = dict(os.environ)
+    db = tmp_path / "state" / "history.db"
+    proc = runner(path, tmp_path / "run.log")  # a runner of the same state dir, already running
+    assert wait_for((tmp_path / "state" / "runner.json").exists, timeout=30)
     trig = subprocess.Popen([sys.executable, "-m", "cronpy", "trigger", "slow", "--file", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
         assert wait_for(lambda: marker.exists() and marker.read_text().strip() != "", timeout=20)
         job_pid = int(marker.read_text())
@@ -167,11 +169,14 @@ def test_kill_9_of_trigger_leaves_the_lock_with_its_job_and_no_run_overlaps_it(j
         assert second.returncode == 75, second.stderr  # the lock is still held: by the job
         assert f"job process {job_pid}" in second.stderr
         assert wait_for(lambda: pid_gone(job_pid), timeout=20)
+        # The killed trigger's run does not stay `running`: the runner marks it once its job ended.
+        assert wait_for(lambda: rows(db, "SELECT status FROM runs") == [("interrupted",)], timeout=20)
         third = cronpy("trigger", "slow", "--file", str(path), cwd=tmp_path, timeout=60)
         assert third.returncode == 0, third.stderr  # released when the job ended
     finally:
         if trig.poll() is None:
             trig.kill()
+        stop(proc)
 
 
 def test_a_burst_of_150_jobs_every_second_records_true_durations_and_skips_none(jobs_file, tmp_path: Path) -> None:

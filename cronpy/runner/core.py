@@ -125,6 +125,10 @@ class Runner:
         self._leading = True  # False once a fenced claim is refused: stop firing (see step_down)
         self._started = False  # run_on_start runs once per process, not again after a step-down
         self._dependents = self._dependents_of(jobs)
+        # Start instants of this runner's latest runs and successes per job, for `after:`
+        # (their rows may still be in the writer's buffer).
+        self._last_start: dict[str, datetime] = {}
+        self._last_success: dict[str, datetime] = {}
         self._writer_store = writer  # a connection of its own keeps claims unblocked (else history's)
         self._recorder: Recorder | None = None
         self.claimer = Claimer()
@@ -495,6 +499,7 @@ class Runner:
                                            inherit_fds=(fd,) if fd is not None and fd >= 0 else ())
         self._active[active.key] = active
         self._running[spec.name] += 1
+        self._last_start[spec.name] = now
         if self._cancel_all:
             attempt.cancel()
         self.supervisor.watch(attempt, lambda a, r, act=active: self._on_done(act, r))  # type: ignore[misc]
@@ -599,6 +604,8 @@ class Runner:
             self.agenda.push(finished + timedelta(seconds=delay), spec.name, Trigger.RETRY,
                              d.scheduled_for, d.attempt + 1, run_id)
             self.wake.set()
+        if result.status is RunStatus.SUCCESS:
+            self._last_success[spec.name] = active.started_at
         if result.status is RunStatus.SUCCESS and self.chains and self._leading:
             self._fire_dependents(spec.name, run_id, finished)
         record = RunRecord(
@@ -628,9 +635,12 @@ class Runner:
             if spec is None or not spec.enabled:
                 continue
             try:
-                last_run = self.history.last_started(spec.name)
+                # The store's answer, and this runner's own runs, whose rows the writer may not
+                # have written yet.
+                last_run = _latest(self.history.last_started(spec.name), self._last_start.get(spec.name))
                 ready = all(
-                    (t := self.history.last_success_started(dep)) is not None and (last_run is None or t > last_run)
+                    (t := _latest(self.history.last_success_started(dep), self._last_success.get(dep))) is not None
+                    and (last_run is None or t > last_run)
                     for dep in spec.after
                 )
             except CronpyError as exc:
@@ -773,6 +783,11 @@ class Runner:
         if self._recorder is not None:
             self._recorder.close(FLUSH_ON_STOP)
             self._recorder = None
+
+
+def _latest(*instants: datetime | None) -> datetime | None:
+    known = [t for t in instants if t is not None]
+    return max(known) if known else None
 
 
 def _maybe_cancelled(result: AttemptResult) -> bool:
