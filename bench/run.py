@@ -429,7 +429,7 @@ def bench_record(tmp: Path, peers: list[Peer]) -> None:
     seconds = float(os.environ.get("BENCH_RECORD_SECONDS", "10"))
     p95 = row("record", f"{n} `true` jobs every second: recorded duration p95", "ms", 1)
     skipped = row("record", f"{n} `true` jobs every second: runs skipped as still running", "", 0)
-    jobs = "".join(f"  r{i:03d}: {{schedule: '* * * * * *', command: [true]}}\n" for i in range(n))
+    jobs = "".join(f"  r{i:03d}: {{schedule: '* * * * * *', command: ['true']}}\n" for i in range(n))
     proc, db = _cronpy_run(tmp, f"max_concurrent: {2 * n}\njobs:\n{jobs}")
     try:
         wait_for(lambda: bool(_rows(db, "SELECT 1 FROM runs LIMIT 1")), 60)

@@ -31,6 +31,10 @@ log = logging.getLogger("cronpy")
 MAX_PENDING = 50_000  # ~25 MB of outcomes without output: hours of an outage at 1 run/s
 MAX_OUTPUT_BYTES = 32 * 1024 * 1024  # 512 full 64 KiB tails
 GROUP = 500  # rows a commit at most: a commit stays short for the readers waiting behind it
+# After the first write arrives, wait this long for more before committing: the outcomes of a
+# tick's runs end within milliseconds of each other, and one commit for all of them costs a
+# fraction of one each (0.045 ms against 0.19-0.40 ms a row, issue #12).
+LINGER = 0.02
 BACKOFF = (0.1, 2.0)  # seconds between tries of a failing store: first, then at most
 OUTPUT_DROPPED = "[output not kept: the history was unwritable and its buffer full]"
 
@@ -169,6 +173,12 @@ class Recorder:
             with self._cond:
                 while not self._items and not self._stop:
                     self._cond.wait()
+                linger_until = time.monotonic() + LINGER
+                while not self._stop and self._failing_since is None and len(self._items) < GROUP:
+                    left = linger_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 if self._stop and (not self._items or self._failing_since is not None):
                     return
                 batch = [item for _, item in list(self._items)[:GROUP]]
