@@ -47,6 +47,9 @@ log = logging.getLogger("cronpy")
 # Runs of a burst claimed (and so started) before the rest are claimed; see _dispatch.
 FIRST_BATCH = 4
 
+# How long a foreground `cronpy trigger` waits for a busy store to take its claim (seconds).
+FOREGROUND_CLAIM_WAIT = 10.0
+
 # How long stopping waits for the store writer to write what is left, in seconds.
 FLUSH_ON_STOP = 30.0
 
@@ -283,6 +286,8 @@ class Runner:
         Returns the last run's id (None if it has no row: the store could not be written).
         """
         spec = self.jobs.jobs[name]
+        # No cadence to keep here: wait for a busy store as long as any command does.
+        self.claimer.wait = FOREGROUND_CLAIM_WAIT
         lock = None
         if spec.overlap is not Overlap.ALLOW:
             lock = self.locks.job(name)
@@ -552,12 +557,9 @@ class Runner:
         # deque append is atomic; the loop takes it from there at once (wake).
         self._finished.append((active, result, finished))
         self._ended.set()
-        # Wake the loop only if the end changes what it must do now (a queued run, a free slot
-        # wanted, a retry, a chain, a foreground trigger or a stop): otherwise the next tick
-        # reaps it. A tick per ended run was 4 ticks a second per job at 100 jobs a second.
-        if (self._queued or self._pending or self._stopping or self._prelocked
-                or result.status is not RunStatus.SUCCESS or active.spec.name in self._dependents):
-            self.wake.set()
+        # The loop reaps it at once (retries, chains, observers: metrics, pings); a tick with
+        # nothing due costs no store access.
+        self.wake.set()
 
     def reap(self) -> None:
         """Record the runs that ended and queue their retries and chains (the loop does this at
