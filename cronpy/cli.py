@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
@@ -98,17 +98,12 @@ def _store_for_reading(file: Path | None, state_dir: Path | None, store: str | N
 def _since(text: str | None) -> datetime | None:
     if text is None:
         return None
-    from cronpy.durations import parse_duration
+    from cronpy.durations import parse_since
 
     try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--since: expected a duration (7d, 12h) or an ISO date/time, got {text!r}") from None
-    return dt if dt.tzinfo else dt.astimezone()
+        return parse_since(text, datetime.now(timezone.utc))
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
 
 
 @app.command()
@@ -433,6 +428,46 @@ def import_crontab(
         return 0
 
     _guard(body)
+
+
+@app.command()
+def recover(file: FileOpt = None, state_dir: StateDirOpt = None) -> None:
+    """Move a damaged history.db aside and recover what SQLite can still read into a fresh one.
+
+    Run it when a runner stops with "the file is damaged". It takes the scheduler lock, so
+    stop the runners of the state dir first (exit 75 while one runs). The damaged file is
+    kept as history.db.damaged-TIME.
+
+    Example: cronpy recover --state-dir /var/lib/cronpy
+    """
+    from cronpy import service
+
+    _guard(lambda: _say(*service.recover(_state_dir_for_reading(file, state_dir))))
+
+
+@app.command()
+def web(
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; other than loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port, printed).", min=0, max=65535)] = 8080,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar="CRONPY_WEB_TOKEN", show_envvar=False, show_default=False,
+        help="Require this token (Bearer header or login cookie); default: $CRONPY_WEB_TOKEN.")] = None,
+) -> None:
+    """Serve a read-only dashboard of the jobs and their history (needs `pip install 'cronpy[web]'`).
+
+    Pages: / (jobs), /jobs/NAME, /runs/ID, /now; JSON: /api/jobs, /api/jobs/NAME/runs,
+    /api/runs/ID, /api/status; /healthz. It binds to loopback unless --host says otherwise,
+    which requires a token.
+
+    Example: cronpy web -f jobs.yaml --port 8080
+    """
+    from cronpy.web import serve
+
+    _guard(lambda: serve(str(file) if file else None, str(state_dir) if state_dir else None, store,
+                         host=host, port=port, token=token))
 
 
 @app.command()

@@ -25,7 +25,7 @@ from cronpy.models import (DEFAULT_OUTPUT_MAX, At, Backoff, Cron, JobSet, JobSpe
 from cronpy.schedule import ever_fires, fires_in_zone, parse_schedule, shortest_gap, wall_time, zone
 from cronpy.paths import is_postgres_url
 
-TOP_KEYS = {"timezone", "state_dir", "store", "leader_lease", "max_concurrent", "history_retention", "shutdown_grace",
+TOP_KEYS = {"timezone", "state_dir", "store", "leader_lease", "clock_skew_warning", "clock_skew_limit", "max_concurrent", "history_retention", "shutdown_grace",
             "defaults", "jobs"}
 JOB_KEYS = {
     "description", "schedule", "at", "command", "python", "args", "kwargs", "enabled", "timezone",
@@ -155,7 +155,7 @@ class _Checker:
         self.doc = doc
         self.base_dir = base_dir
         self.now = now
-        # Where "never fires in this zone" and "the shortest gap" are judged from; without a
+        # Where "never fires in this zone" and the gaps between runs are judged from; without a
         # clock (config never reads it), a fixed date keeps the answer reproducible.
         self.reference = now if now is not None else datetime(2000, 1, 1, tzinfo=timezone.utc)
 
@@ -226,6 +226,11 @@ class _Checker:
         lease = self.duration(raw.get("leader_lease", 10), ("leader_lease",), positive=True)
         if lease is not None and lease < 1:
             self.err(("leader_lease",), "must be at least 1s: the lease is renewed every third of it")
+        skew_warning = self.duration(raw.get("clock_skew_warning", 1), ("clock_skew_warning",), positive=True)
+        skew_limit = self.duration(raw.get("clock_skew_limit", 5), ("clock_skew_limit",), positive=True)
+        if skew_warning is not None and skew_limit is not None and skew_warning > skew_limit:
+            self.err(("clock_skew_warning",), f"must not exceed clock_skew_limit ({skew_limit:g}s): a host is"
+                     " warned about before it is refused")
         max_conc = self.integer(raw.get("max_concurrent", 4), ("max_concurrent",), minimum=1) or 4
         retention: float | None = 30 * 86400.0
         if "history_retention" in raw:
@@ -254,6 +259,7 @@ class _Checker:
             jobs=jobs, timezone=tz, state_dir=state_dir, max_concurrent=max_conc,
             history_retention=retention, shutdown_grace=grace if grace is not None else 30.0,
             store=store, leader_lease=lease if lease is not None and lease >= 1 else 10.0,
+            clock_skew_warning=skew_warning or 1.0, clock_skew_limit=skew_limit or 5.0,
         )
 
     def job(self, name: str, body: Any, defaults: Mapping[str, Any], default_tz: str) -> JobSpec | None:
@@ -397,9 +403,9 @@ class _Checker:
         if jitter and schedule is not None and ok:
             # The runner delays each run by up to `jitter`; a delay that reaches the next run
             # makes the two collide and one is dropped (every minute with 5m ran 21 times an hour).
-            gap = shortest_gap(schedule, tz, name, self.reference)
+            gap = shortest_gap(schedule, tz, name, self.reference, enough=jitter)
             if gap is not None and jitter >= gap:
-                self.err(where("jitter"), f"{merged['jitter']} is not shorter than the shortest gap between two "
+                self.err(where("jitter"), f"{merged['jitter']} is not shorter than the gap between two of its "
                          f"runs ({_whole(gap)}): runs would be dropped")
                 return None
         if not ok or None in (kill_grace, retries, backoff, priority, jitter) or cron_keys is None:
@@ -625,6 +631,7 @@ def parse_jobs(text: str, source: str = "<string>", *, base_dir: Path | None = N
         jobs=jobset.jobs, source=src, timezone=jobset.timezone, state_dir=jobset.state_dir,
         max_concurrent=jobset.max_concurrent, history_retention=jobset.history_retention,
         shutdown_grace=jobset.shutdown_grace, store=jobset.store, leader_lease=jobset.leader_lease,
+        clock_skew_warning=jobset.clock_skew_warning, clock_skew_limit=jobset.clock_skew_limit,
         warnings=tuple(w.format(source) for w in sorted(doc.warnings, key=lambda w: (w.line or 0, w.key))),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
@@ -66,3 +67,17 @@ def parse_size(text: str | int) -> int:
     if size <= 0:
         raise ValueError(f"a size must be more than zero, got {text!r}")
     return size
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """A point in time written as a duration back from `now` (`7d`, `12h`) or an ISO date/time
+    (local time when it has no offset); ValueError says what was expected."""
+    try:
+        return now - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"expected a duration (7d, 12h) or an ISO date/time, got {text!r}") from None
+    return dt if dt.tzinfo else dt.astimezone()

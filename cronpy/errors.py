@@ -80,6 +80,23 @@ class HistoryError(CronpyError):
         super().__init__(f"history database {path}: {reason}")
 
 
+class HistoryDamaged(HistoryError):
+    """Raised when SQLite finds the history database corrupt ("database disk image is
+    malformed", "file is not a database"): retrying cannot help; `cronpy recover` moves the
+    file aside and keeps what can still be read. Exit status 2, as other state-dir errors."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, f"{reason}: the file is damaged. Stop the runners of this state dir and run"
+                               f" `cronpy recover --state-dir {_parent(path)}`: it moves the file aside"
+                               f" and recovers what can still be read into a fresh one")
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else "."
+
+
 class StoreUnreachable(HistoryError):
     """Raised when a fleet store's database cannot be reached: a connection failed or was lost.
     Unlike other history errors it passes: a runner waits and tries again."""

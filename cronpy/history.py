@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from cronpy.errors import HistoryError, RunNotFound
+from cronpy.errors import HistoryDamaged, HistoryError, RunNotFound
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 
 UTC = timezone.utc
@@ -131,6 +131,18 @@ def result_json(result: Any) -> str | None:
         return json.dumps(repr(result))
 
 
+# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGED = (11, 26)
+
+
+def sqlite_error(path: str, exc: sqlite3.Error) -> HistoryError:
+    """The HistoryError for a failed SQLite call: HistoryDamaged when the file is corrupt."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _DAMAGED:
+        return HistoryDamaged(path, str(exc))
+    return HistoryError(path, str(exc))
+
+
 def _ts(dt: datetime | None) -> float | None:
     return dt.timestamp() if dt is not None else None
 
@@ -228,7 +240,18 @@ class History:
                 # disk before its job starts, so a power cut cannot make it run twice.
                 self._setup()
         except sqlite3.Error as exc:
-            raise HistoryError(str(path), str(exc)) from None
+            raise sqlite_error(str(path), exc) from None
+
+    #: called once with the first HistoryDamaged error (the runner stops on it)
+    on_damaged: Callable[[HistoryDamaged], None] | None = None
+    damaged: HistoryDamaged | None = None
+
+    def _damaged(self, err: HistoryError) -> HistoryError:
+        if isinstance(err, HistoryDamaged) and self.damaged is None:
+            self.damaged = err
+            if self.on_damaged is not None:
+                self.on_damaged(err)
+        return err
 
     @classmethod
     def open(cls, state_dir: Path, *, readonly: bool = False) -> "History":
@@ -290,14 +313,14 @@ class History:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise HistoryError(str(self.path), str(exc)) from None
+                raise self._damaged(sqlite_error(str(self.path), exc)) from None
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise HistoryError(str(self.path), str(exc)) from None
+                raise self._damaged(sqlite_error(str(self.path), exc)) from None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -483,9 +506,14 @@ class History:
         since: datetime | None = None,
         limit: int | None = 50,
         with_output: bool = False,
+        before_id: int | None = None,
     ) -> list[RunRecord]:
-        """Return runs newest first, filtered by job, status and start time."""
+        """Return runs newest first, filtered by job, status and start time; with `before_id`,
+        only rows with id < before_id (keyset paging: the next page starts below the last id)."""
         where, params = self._filters(job, status, since)
+        if before_id is not None:
+            where += (" AND" if where else " WHERE") + " id < ?"
+            params.append(before_id)
         cols = COLUMNS if with_output else COLUMNS.replace("output", "NULL")
         sql = f"SELECT {cols} FROM runs{where} ORDER BY id DESC"
         if limit is not None:
@@ -528,6 +556,23 @@ class History:
 
     def running(self) -> list[RunRecord]:
         return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM runs WHERE status = 'running' ORDER BY id")]
+
+    def counts(self) -> dict[str, dict[RunStatus, int]]:
+        """Runs per job and status over all of history, from the totals the triggers keep
+        (O(jobs): the dashboard's success rates without stats' duration percentiles)."""
+        out: dict[str, dict[RunStatus, int]] = {}
+        for job, status, n in self._read("SELECT job, status, runs FROM job_totals WHERE runs > 0"):
+            out.setdefault(job, {})[RunStatus(status)] = n
+        return out
+
+    def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
+        """The job's runs per UTC day since `since`, as (day, finished runs, failed or timed out),
+        oldest first; skipped and interrupted runs are not counted, as in success rates."""
+        rows = self._read(
+            "SELECT CAST(started_at / 86400 AS INTEGER) AS day, count(*), sum(status != 'success')"
+            f" FROM runs WHERE job = ? AND started_at >= ? AND status IN ({FINISHED_SQL}) GROUP BY day ORDER BY day",
+            (job, since.timestamp()))
+        return [(datetime.fromtimestamp(day * 86400, UTC), n, bad) for day, n, bad in rows]
 
     def stats(self, job: str | None = None, *, since: datetime | None = None) -> list[JobStats]:
         """Return per-job aggregates over the runs that started since `since`."""

@@ -143,6 +143,15 @@ class Lock:
     def held(self) -> bool:
         return self._fd >= 0
 
+    def opened_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the lock file this process holds open; None if not held (see
+        stateguard: the file at the path may since have been deleted or replaced)."""
+        with self._mutex:
+            if self._fd < 0:
+                return None
+            st = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino)
+
     def is_locked_elsewhere(self) -> bool:
         """True if another process (or Lock object) holds it; never blocks."""
         if self.held:

@@ -166,6 +166,8 @@ class JobSet:
     shutdown_grace: float = 30.0
     store: str | None = None  #: a postgresql:// URL shared by a fleet; None: SQLite in the state dir
     leader_lease: float = 10.0  #: seconds a fleet leader's lease lasts unless renewed
+    clock_skew_warning: float = 1.0  #: seconds off the fleet database's clock that a host warns about
+    clock_skew_limit: float = 5.0  #: seconds off the fleet database's clock beyond which a host will not lead
     #: "file:line: key: message" for what is valid but probably not meant (`cronpy validate` prints them)
     warnings: tuple[str, ...] = ()
 

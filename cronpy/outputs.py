@@ -119,14 +119,14 @@ class RunOutput:
             trim_job(self.state_dir, self.job, max_total)
 
 
-def _kept_files(job_dir: Path) -> list[tuple[float, int, Path]]:
+def _kept_files(job_dir: Path, suffix: str = ".log.gz") -> list[tuple[float, int, Path]]:
     out = []
     try:
         entries = list(os.scandir(job_dir))
     except OSError:
         return []
     for e in entries:
-        if e.name.endswith(".log.gz"):
+        if e.name.endswith(suffix):
             try:
                 st = e.stat()
             except OSError:
@@ -160,7 +160,9 @@ def prune(state_dir: Path, older_than: float, caps: dict[str, int], default_cap:
     except OSError:
         return 0
     for job in jobs:
-        for mtime, _, path in _kept_files(root / job):
+        # A live file older than the retention was left by a runner killed mid-run (a running
+        # job's file is written to, or removed, when the run ends).
+        for mtime, _, path in _kept_files(root / job) + _kept_files(root / job, ".log"):
             if mtime < older_than:
                 try:
                     path.unlink()

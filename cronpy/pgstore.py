@@ -33,6 +33,7 @@ from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader, RunNot
 from cronpy.history import CLAIMED_TRIGGERS, COLUMNS, HOST, NewRun, result_json, run_filters, run_record
 from cronpy.locks import Holder
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
+from cronpy.skew import ClockSkew
 
 try:
     import psycopg
@@ -163,6 +164,7 @@ class _Conn:
         self._backoff = 0.2
         self.lost_since: float | None = None  # time.time() of the first failure, for status
         self.last_error = ""
+        self.on_connect: Callable[[Any], None] | None = None  # called with each new connection
 
     def get(self) -> Any:
         if self._conn is not None and not self._conn.closed:
@@ -180,6 +182,11 @@ class _Conn:
             log.warning("store %s: connected again after %.1fs", self.location, time.time() - self.lost_since)
         self.lost_since = None
         self._backoff = 0.2
+        if self.on_connect is not None:
+            try:
+                self.on_connect(self._conn)
+            except psycopg.Error:
+                pass  # the caller's own statement on this connection will report the trouble
         return self._conn
 
     def _failed(self, exc: BaseException) -> None:
@@ -227,7 +234,8 @@ class PgStore:
 
     fenced = True
 
-    def __init__(self, url: str, *, lease: float = 10.0, readonly: bool = False, role: str = "client") -> None:
+    def __init__(self, url: str, *, lease: float = 10.0, readonly: bool = False, role: str = "client",
+                 skew: tuple[float, float] | None = None) -> None:
         if psycopg is None:
             raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy[postgres]'")
         self.url = url
@@ -249,6 +257,11 @@ class PgStore:
         }
         self._db = _Conn(url, self.location, options)
         self._hb = _Conn(url, self.location, options)  # the keeper thread's own
+        #: this host's clock against the server's, measured at each connect and renewal
+        self.skew = ClockSkew(self.location, *skew) if skew else ClockSkew(self.location)
+        self._db.on_connect = self._hb.on_connect = self._measure_skew
+        #: why the last try_acquire refused to lead although it could have (clock skew)
+        self.refused: str | None = None
         self._epoch: int | None = None
         self._deadline = 0.0  # time.monotonic() until which the lease is surely ours
         self._renewed = 0.0  # time.monotonic() when the last successful renewal was sent
@@ -335,11 +348,23 @@ class PgStore:
         while not self._stop.wait(self.lease / 3):
             self._renew()
 
+    def _measure_skew(self, conn: Any) -> None:
+        with conn.cursor() as cur:
+            self.skew.measure(cur)
+
     def _renew(self) -> None:
         epoch = self._epoch
         sent = time.monotonic()
         try:
             with self._hb.use() as cur:
+                self.skew.measure(cur)
+                refusal = self.skew.refusal()
+                if epoch is not None and refusal is not None:
+                    # A leader whose clock drifted past the limit hands the lease back now.
+                    cur.execute("UPDATE cronpy.leader SET expires_at = clock_timestamp()"
+                                " WHERE id = 1 AND epoch = %s AND holder = %s", (epoch, self.holder_id))
+                    self._lose(epoch, refusal)
+                    epoch = None
                 if epoch is not None:
                     cur.execute(
                         "UPDATE cronpy.leader SET expires_at = clock_timestamp() + %s * interval '1 second'"
@@ -393,6 +418,10 @@ class PgStore:
     def try_acquire(self) -> bool:
         sent = time.monotonic()
         with self._db.use() as cur:
+            self.skew.measure(cur)
+            self.refused = self.skew.refusal()
+            if self.refused is not None:
+                return False
             # Free when expired by the database's clock, or still ours (a runner that stepped
             # down on its own clock may start a new term at once). Either way a new epoch.
             cur.execute(
@@ -634,13 +663,32 @@ class PgStore:
     def running(self) -> list[RunRecord]:
         return [_row(r) for r in self._read(f"SELECT {COLUMNS} FROM cronpy.runs WHERE status = 'running' ORDER BY id")]
 
+    def counts(self) -> dict[str, dict[RunStatus, int]]:
+        """As History.counts: runs per job and status."""
+        out: dict[str, dict[RunStatus, int]] = {}
+        for job, status, n in self._read("SELECT job, status, count(*) FROM cronpy.runs GROUP BY job, status"):
+            out.setdefault(job, {})[RunStatus(status)] = n
+        return out
+
+    def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
+        """As History.daily: finished runs and failures per UTC day since `since`."""
+        rows = self._read(
+            "SELECT date_trunc('day', started_at AT TIME ZONE 'UTC') AS day, count(*),"
+            " count(*) FILTER (WHERE status <> 'success') FROM cronpy.runs"
+            f" WHERE job = %s AND started_at >= %s AND status IN ({_FINISHED_SQL}) GROUP BY day ORDER BY day",
+            (job, since))
+        return [(day.replace(tzinfo=timezone.utc), n, bad) for day, n, bad in rows]
+
     @staticmethod
     def _filters(job: str | None, status: RunStatus | None, since: datetime | None) -> tuple[str, list[Any]]:
         return run_filters(job, status, since, mark="%s", when=lambda t: t)
 
     def query(self, job: str | None = None, *, status: RunStatus | None = None, since: datetime | None = None,
-              limit: int | None = 50, with_output: bool = False) -> list[RunRecord]:
+              limit: int | None = 50, with_output: bool = False, before_id: int | None = None) -> list[RunRecord]:
         where, params = self._filters(job, status, since)
+        if before_id is not None:
+            where += (" AND" if where else " WHERE") + " id < %s"
+            params.append(before_id)
         cols = COLUMNS if with_output else COLUMNS.replace("output", "NULL")
         sql = f"SELECT {cols} FROM cronpy.runs{where} ORDER BY id DESC"
         if limit is not None:

@@ -515,9 +515,11 @@ def fires_in_zone(expr: str, job_name: str, tz_name: str, after: datetime) -> bo
     return cron_next(compile_cron(expr, job_name), zone(tz_name), after) is not None
 
 
-def shortest_gap(sched: Schedule, tz_name: str, job_name: str, after: datetime) -> float | None:
+def shortest_gap(sched: Schedule, tz_name: str, job_name: str, after: datetime,
+                 enough: float = 1.0) -> float | None:
     """Seconds between the two closest consecutive runs, looking at up to 1,000 runs within
-    about a year of `after` (a one-shot has no gap: None)."""
+    about a year of `after` (a one-shot has no gap: None). Stops early at a gap of `enough`
+    seconds or less: the caller only asks whether some gap is that short."""
     if isinstance(sched, Every):
         return sched.seconds
     if not isinstance(sched, Cron):
@@ -534,7 +536,7 @@ def shortest_gap(sched: Schedule, tz_name: str, job_name: str, after: datetime) 
             break
         gap = (nxt - prev).total_seconds()
         best = gap if best is None else min(best, gap)
-        if best <= 1:
+        if best <= enough:
             break
         prev = nxt
     return best

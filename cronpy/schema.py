@@ -112,6 +112,8 @@ def jobs_file_schema() -> dict[str, Any]:
             "store": {"type": ["string", "null"], "pattern": "^postgres(ql)?://",
                       "description": "A PostgreSQL URL: a fleet of runners shares one history and one schedule"},
             "leader_lease": DURATION,
+            "clock_skew_warning": DURATION,
+            "clock_skew_limit": DURATION,
             "max_concurrent": {"type": "integer", "minimum": 1},
             "history_retention": {"anyOf": [DURATION, {"const": "forever"}, {"type": "null"}]},
             "shutdown_grace": DURATION,

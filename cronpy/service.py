@@ -20,20 +20,24 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable
 
-from cronpy.clock import Clock, SystemClock
+from cronpy.clock import Clock, StepDetector, SystemClock
 from cronpy.config import check_runnable, get_job, load_jobs
 from cronpy.paths import resolve_state_dir, resolve_store
-from cronpy.errors import EXIT_LOCKED, EXIT_TIMEOUT, ConfigError, CronpyError, HistoryError, LockHeld, StoreUnreachable
+from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, EXIT_USAGE, ConfigError, CronpyError, HistoryDamaged, HistoryError,
+                           LockHeld, StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.history import HOST
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy import outputs
-from cronpy.models import DEFAULT_OUTPUT_MAX, At, Every, JobSet, JobSpec, RunRecord, RunStatus, Schedule
+from cronpy.models import DEFAULT_OUTPUT_MAX, JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import MISFIRE_GRACE, Runner
 from cronpy.schedule import next_fire, parse_schedule, upcoming
+from cronpy.stateguard import StateGuard
 from cronpy.store import JobLocks, Leadership, Store, open_store
+# Re-exported: `list` and `next` call service.describe; the web imports cronpy.words directly.
+from cronpy.words import describe
 
 log = logging.getLogger("cronpy")
 _print_lock = threading.Lock()
@@ -328,7 +332,8 @@ def open_backend(jobs: JobSet, state_dir: Path | None, store: str | None = None,
     is given (--store, $CRONPY_STORE, the file's `store`), else SQLite and flock in the state dir."""
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
     url = resolve_store(store, jobs.store)
-    history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease)
+    history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease,
+                         skew=(jobs.clock_skew_warning, jobs.clock_skew_limit))
     if url:
         from cronpy.pgstore import PgStore
 
@@ -358,12 +363,46 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         return 0
     history, locks, leadership, sd = backend
     history.register_runner("standby")
+    notifier = Notifier()
+    integrations = Integrations(previous=_previous_status(history))
     # The store writer's own connection: a write waiting on a busy or broken store must not
     # hold the connection the loop claims through.
     writer = open_backend(jobs, state_dir, store)[0]
-    integrations = Integrations(previous=_previous_status(history))
     runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations], state_dir=sd,
                     boot=outputs.BootMarks(sd), writer=writer)
+    if isinstance(clock, SystemClock):
+        runner.steps = StepDetector()
+    if notifier.watchdog_interval is not None:
+        # The loop beats at least once per ping interval; a ping goes out only while the last
+        # beat is younger than two intervals, so a stuck loop (a hung reload, a blocked store)
+        # stops the pings and systemd restarts the service after WatchdogSec=.
+        interval = notifier.watchdog_interval
+        runner.max_sleep = interval
+        notifier.start_watchdog(lambda: runner.alive(2 * interval))
+    fatal: list[str] = []  # why this runner must stop and exit 2 (a state-dir error)
+
+    def on_damaged(exc: HistoryDamaged) -> None:
+        # A corrupt database never heals: stop (running jobs get their grace) and exit 2 with
+        # one clear error, instead of standing by and retrying in a loop.
+        fatal.append(str(exc))
+        runner.request_stop()
+
+    history.on_damaged = on_damaged  # type: ignore[attr-defined]
+    guard = None
+    if not history.fenced:
+        # The state dir deleted or swapped under us: this runner's flock and database are no
+        # longer the ones a new runner would use. Stop scheduling, loudly, and exit 2.
+        guard = StateGuard()
+        guard.watch(Path(history.location))
+
+        def on_state_lost(why: str) -> None:
+            log.error("the state dir %s was changed under this runner (%s): it no longer holds the scheduler"
+                      " lock or history there, so it stops scheduling now and exits with status 2 once its"
+                      " running jobs end; start it again to use the new state dir", sd, why)
+            fatal.append(f"the state dir {sd} was changed under this runner ({why})")
+            runner.request_stop()
+
+        guard.start(on_state_lost)
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
         history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -375,35 +414,45 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                           lambda: {j: t.timestamp() for j, t in runner.next_per_job().items()})
         runner.observers.append(metrics)
         log.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
-    notifier = Notifier()
     reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
     _install_signals(lambda urgent: runner.request_stop(now=urgent), reloader.request)
     # A fleet's failover takes up to a lease: an instant due meanwhile still fires, late.
     late_window = MISFIRE_GRACE + timedelta(seconds=jobs.leader_lease if history.fenced else 0)
     since = clock.now()
     stop_pruning = threading.Event()
-    watchdog = False
+    pruning = False
+    retry_in = 1.0  # after a failed start, doubling to 30 s
     status_file = _StatusFile(sd, runner, jobs_file, since, history)
     janitor = None if history.fenced else _Janitor(writer, clock)
     try:
         while not runner.stopping:
             if not _stand_by(leadership, runner, notifier, history, status_file):
                 break
+            lock = getattr(leadership, "lock", None)
+            if guard is not None and lock is not None:
+                guard.watch(lock.path, lock.opened_identity())
             try:
                 _recover(history, runner.jobs, clock.now())  # runner.jobs: the file as last reloaded
                 runner.start(clock.now(), late_window=late_window)
             except HistoryError as exc:
-                log.error("cannot load the schedule from the store, standing by: %s", exc)
                 runner.step_down()
                 leadership.release()
+                if isinstance(exc, HistoryDamaged):
+                    fatal.append(str(exc))
+                    break
+                log.error("cannot load the schedule from the store, standing by (retrying in %.0fs): %s",
+                          retry_in, exc)
+                runner.wake.clear()
+                runner.wake.wait(retry_in)  # a store that cannot be read now is not asked again at once
+                retry_in = min(retry_in * 2, 30.0)
                 continue
+            retry_in = 1.0
             log.info("cronpy: %d job(s) from %s, %s %s; next: %s", len(runner.jobs.jobs), jobs.source,
                      "store" if history.fenced else "state dir", history.location if history.fenced else sd,
                      _summary(runner).split("next: ", 1)[1])
             notifier.ready(_summary(runner))
-            if not watchdog:
-                notifier.start_watchdog(runner.healthy)
-                watchdog = True
+            if not pruning:
+                pruning = True
                 if jobs.history_retention:
                     threading.Thread(target=_prune_loop, args=(history, jobs.history_retention, stop_pruning, clock,
                                                                runner, sd), daemon=True, name="prune").start()
@@ -424,6 +473,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         notifier.stopping()
         stop_pruning.set()
         integrations.close()
+        if fatal:
+            log.error("cronpy: stopped: %s", fatal[0])
+            return EXIT_USAGE
         log.info("cronpy: stopped")
     finally:
         status_file.close()
@@ -434,6 +486,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         except OSError:
             pass
         leadership.release()
+        if guard is not None:
+            guard.close()
         notifier.close()
         if metrics is not None:
             metrics.close()
@@ -469,13 +523,15 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
     said = ""  # what was last logged, so that a long standby logs each change once
     while not runner.stopping:
         runner.reap()  # runs kept after a step-down: their outcomes, to the writer
+        runner.beat()  # standing by is the loop alive too (the watchdog)
         try:
             if leadership.try_acquire():
                 if said:
                     log.info("took over the scheduler %s", "lease" if history.fenced else "lock")
                 return True
-            holder = leadership.holder()
-            why = str(LockHeld("the scheduler", holder.describe() if holder else None))
+            refused = getattr(leadership, "refused", None)  # a fleet host whose clock is off
+            holder = None if refused else leadership.holder()
+            why = refused or str(LockHeld("the scheduler", holder.describe() if holder else None))
         except CronpyError as exc:  # the store cannot be reached: nobody here can prove leadership
             why = f"cannot reach the store: {exc}"
         if why != said and not (why.startswith("cannot reach") and said.startswith("cannot reach")):
@@ -631,32 +687,6 @@ def last_runs(jobs: JobSet, state_dir: Path | None, store: str | None = None) ->
         return {}
 
 
-def describe(sched: Schedule | None) -> str | None:
-    """The schedule in words ("At 03:00, Monday through Friday"), or None if it cannot say."""
-    if sched is None:
-        return None
-    if isinstance(sched, Every):
-        return f"Every {_whole(sched.seconds)}"
-    if isinstance(sched, At):
-        return f"Once, at {sched.when.isoformat(timespec='minutes')}"
-    from cron_descriptor import ExpressionDescriptor, Options  # deferred: ~70 ms to import
-
-    options = Options()
-    options.use_24hour_time_format = True
-    options.verbose = False
-    try:
-        return str(ExpressionDescriptor(sched.expr, options).get_description())
-    except Exception:  # cron-descriptor knows no `H`; the expression speaks for itself then
-        return None
-
-
-def _whole(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
 def next_for_job(jobs: JobSet, name: str, start: datetime, count: int) -> tuple[list[datetime], str | None]:
     spec = get_job(jobs, name)
     return _next(spec, start, count)
@@ -757,6 +787,33 @@ def _await_cancel(h: Store, rec: RunRecord, timeout: float) -> str:
         time.sleep(0.25)
     return (f"asked the runner of run {rec.id} of {rec.job} on {rec.host} to cancel it;"
             f" it has not ended after {timeout:.0f}s (see `cronpy show {rec.id}`)")
+
+
+def recover(sd: Path) -> list[str]:
+    """`cronpy recover`: with the scheduler lock held (no runner of this state dir is running),
+    move a damaged history.db aside and salvage what SQLite can still read into a fresh one."""
+    from cronpy.recover import recover as salvage
+
+    lock = Locks(sd).scheduler()
+    try:
+        lock.acquire(wait=0.0)
+    except LockHeld as exc:
+        raise LockHeld("the scheduler", f"{exc.holder or 'another process'}; stop the runners of {sd} first") from None
+    try:
+        done = salvage(sd)
+    finally:
+        lock.release()
+    lines = [f"moved the damaged history database to {done.damaged}"]
+    if done.was_ok:
+        lines.append("note: SQLite found nothing wrong with it; it was recovered anyway")
+    lines.append(f"recovered {done.runs} run(s) into a fresh {done.path}")
+    if done.unreadable_ranges:
+        spans = ", ".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in done.unreadable_ranges[:10])
+        more = f" and {len(done.unreadable_ranges) - 10} more" if len(done.unreadable_ranges) > 10 else ""
+        lines.append(f"unreadable, lost: run ids {spans}{more} (up to {done.lost_estimate} run(s))")
+    for table in done.tables_lost:
+        lines.append(f"unreadable, lost: the {table} table ({'paused jobs' if table == 'paused' else 'cancel requests'})")
+    return lines
 
 
 class NothingToDo(CronpyError):

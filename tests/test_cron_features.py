@@ -403,12 +403,12 @@ def test_kept_output_is_pruned_by_retention_and_size_cap(tmp_path: Path) -> None
     folder = tmp_path / outputs.OUTPUT_DIR / "job"
     folder.mkdir(parents=True)
     now = time.time()
-    for run_id, age_days in ((1, 40), (2, 3), (3, 2), (4, 1)):
-        f = folder / f"{run_id}.log.gz"
+    for run_id, age_days in ((1, 40), (2, 3), (3, 2), (4, 1), (5, 40)):
+        f = folder / f"{run_id}.log{'.gz' if run_id < 5 else ''}"  # 5: left by a runner killed mid-run
         f.write_bytes(b"x" * 1000)
         os.utime(f, (now - age_days * 86400, now - age_days * 86400))
-    # 30 days' retention drops run 1; a 2,500-byte cap keeps the two newest of the rest.
-    assert outputs.prune(tmp_path, now - 30 * 86400, {"job": 2500}, 10**9) == 2
+    # 30 days' retention drops runs 1 and 5; a 2,500-byte cap keeps the two newest of the rest.
+    assert outputs.prune(tmp_path, now - 30 * 86400, {"job": 2500}, 10**9) == 3
     assert sorted(p.name for p in folder.iterdir()) == ["3.log.gz", "4.log.gz"]
 
 

@@ -222,11 +222,11 @@ def test_jitter_not_shorter_than_the_period_is_refused() -> None:
           hourly: {schedule: "0 * * * *", jitter: 5m, command: "true"}
           twice: {schedule: "0 8,9 * * *", jitter: 2h, command: "true"}
     """) == [
-        "jobs.yaml:2: jobs.every_minute.jitter: 5m is not shorter than the shortest gap between two runs "
+        "jobs.yaml:2: jobs.every_minute.jitter: 5m is not shorter than the gap between two of its runs "
         "(1m): runs would be dropped",
-        "jobs.yaml:3: jobs.interval.jitter: 10m is not shorter than the shortest gap between two runs (10m): "
+        "jobs.yaml:3: jobs.interval.jitter: 10m is not shorter than the gap between two of its runs (10m): "
         "runs would be dropped",
-        "jobs.yaml:5: jobs.twice.jitter: 2h is not shorter than the shortest gap between two runs (1h): "
+        "jobs.yaml:5: jobs.twice.jitter: 2h is not shorter than the gap between two of its runs (1h): "
         "runs would be dropped",
     ]
 

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Deque, Sequence
 
-from cronpy.clock import Clock
+from cronpy.clock import Clock, Step, StepDetector
 from cronpy.errors import CronpyError, HistoryError, LockHeld
 from cronpy.executor import Attempt, AttemptResult, RunContext
 from cronpy.history import HOST, NewRun
@@ -39,6 +39,7 @@ from cronpy.runner.supervisor import Supervisor
 from cronpy.schedule import latest_fire
 from cronpy.store import JobLock, JobLocks, Store
 from cronpy.outputs import BootMarks, RunOutput
+from cronpy.schedule import compile_cron, latest_fire, next_fire
 
 __all__ = ["FIRST_BATCH", "LEAD", "MISFIRE_GRACE", "Due", "OutputSink", "Runner"]
 
@@ -123,7 +124,6 @@ class Runner:
         self._never = threading.Event()  # what _until sleeps on: only the clock ends that wait
         self._stopping = False
         self._cancel_all = False
-        self._tick_started: float | None = None
         self._prelocked: dict[str, JobLock] = {}  # job locks taken before dispatch (foreground trigger)
         self._leading = True  # False once a fenced claim is refused: stop firing (see step_down)
         self._started = False  # run_on_start runs once per process, not again after a step-down
@@ -136,6 +136,13 @@ class Runner:
         self._recorder: Recorder | None = None
         self.claimer = Claimer()
         self._supervisor: Supervisor | None = None
+        #: monotonic time of the loop's last pass (standby included): the watchdog's evidence
+        self.heartbeat = time.monotonic()
+        #: the longest the loop sleeps between passes (None: the clock's own bound); the service
+        #: sets it to the watchdog interval so that an idle loop still beats often enough
+        self.max_sleep: float | None = None
+        #: wall-clock step detector, consulted once per pass (None: steps are not looked for)
+        self.steps: StepDetector | None = None
 
     @property
     def recorder(self) -> Recorder:
@@ -180,6 +187,8 @@ class Runner:
         a lease.
         """
         self._leading = True
+        if self.steps is not None:
+            self.steps.check()  # a step before now is in `now` already: the plan below starts from it
         first_start, self._started = not self._started, True
         enabled = [spec for spec in self.jobs.jobs.values() if spec.enabled]
         # One query for every job: on a fleet store this is a takeover's critical path.
@@ -258,6 +267,51 @@ class Runner:
         self.wake.set()
         return added, removed, changed
 
+    def clock_stepped(self, step: Step, now: datetime) -> None:
+        """Re-plan the heap after a wall-clock step, by cron(8)'s rules for time changes.
+
+        Intervals count elapsed time, which a step does not change: their entries (and retries
+        and other delayed entries) move with the step, so they keep their cadence and never
+        replay. Cron jobs follow the new wall time from `now`; after a forward step of less than
+        3 hours a fixed-time job whose instant was skipped runs once, now. After a step back,
+        a fixed-time job is not repeated (its next instant stays the one after the old time),
+        and no claimed instant ever runs twice. A suspend is time that passed: nothing moves,
+        and what fell due while asleep is handled as any late instant (see tick).
+        """
+        log.warning("%s; re-planning the schedule as cron(8) does", step.describe())
+        shift = timedelta(seconds=0 if step.suspended else step.seconds)
+        with self._lock:
+            entries, self.agenda.heap = self.agenda.heap, []
+            for d in entries:
+                spec = self.jobs.jobs.get(d.job)
+                if spec is None:
+                    continue
+                scheduled = d.trigger is Trigger.SCHEDULE and not d.late
+                if scheduled and isinstance(spec.schedule, At):
+                    heapq.heappush(self.agenda.heap, d)  # a one-shot keeps its wall time
+                    continue
+                if not scheduled or isinstance(spec.schedule, Every):
+                    d.when += shift  # a retry's delay, an interval: elapsed time, kept
+                    if scheduled:
+                        d.scheduled_for += shift
+                        self.agenda.anchors[spec.name] = d.scheduled_for
+                    heapq.heappush(self.agenda.heap, d)
+                    continue
+                fixed = not compile_cron(spec.schedule.expr, spec.name).wildcard  # type: ignore[union-attr]
+                if step.seconds < 0 and fixed and not step.big:
+                    heapq.heappush(self.agenda.heap, d)  # not repeated: still the instant after the old time
+                    continue
+                if step.seconds > 0 and fixed and not step.big and d.scheduled_for <= now:
+                    skipped = latest_fire(spec, d.scheduled_for - timedelta(microseconds=1), now) or d.scheduled_for
+                    log.info("%s: running the instant %s skipped by the step, once", spec.name,
+                             skipped.isoformat())
+                    heapq.heappush(self.agenda.heap, replace(d, when=now, scheduled_for=skipped, late=True))
+                nxt = next_fire(spec, now)
+                if nxt is not None:
+                    delay = d.when - d.scheduled_for  # keep its jitter
+                    heapq.heappush(self.agenda.heap, replace(d, when=nxt + delay, scheduled_for=nxt, late=False))
+        self.wake.set()
+
     def next_wakeup(self) -> datetime | None:
         """Return when the next tick is due (None: nothing scheduled)."""
         with self._lock:
@@ -332,14 +386,17 @@ class Runner:
                 if spec is None:
                     continue
                 if d.trigger is Trigger.SCHEDULE and not d.late:
-                    # Instants missed by more than the grace (downtime, suspend) are not replayed.
-                    reschedule.append((spec, max(d.scheduled_for, now - MISFIRE_GRACE)))
-                    if now - d.scheduled_for > MISFIRE_GRACE + timedelta(seconds=spec.jitter):
-                        # The clock jumped or the machine slept past this instant. cron(8)
-                        # skips it; with catch_up it runs once, however many were missed.
+                    # The next instant comes after now: instants that passed while this one was
+                    # late (a paused runner, a slow store) are never replayed back to back.
+                    reschedule.append((spec, max(d.scheduled_for, now)))
+                    late_by = now - d.scheduled_for
+                    if late_by > MISFIRE_GRACE + timedelta(seconds=spec.jitter):
+                        # The loop came round too late for this instant (the process was paused
+                        # or blocked, the machine slept; steps are logged by clock_stepped).
+                        # cron(8) skips it; with catch_up it runs once, however many were missed.
                         if not spec.catch_up:
-                            log.warning("%s: missed the run due at %s (the clock jumped or the machine slept)",
-                                        d.job, d.scheduled_for.isoformat())
+                            log.warning("%s: missed the run due at %s: the scheduler came round %.1fs late",
+                                        d.job, d.scheduled_for.isoformat(), late_by.total_seconds())
                             continue
                         d.trigger = Trigger.CATCHUP
                         d.scheduled_for = latest_fire(spec, d.scheduled_for, now - MISFIRE_GRACE) or d.scheduled_for
@@ -481,7 +538,9 @@ class Runner:
 
     def _until(self, when: datetime) -> None:
         """Wait for the instant of a run claimed ahead of it (see LEAD): never start early."""
-        while self.clock.now() < when:
+        while (left := when - self.clock.now()) > timedelta(0):
+            if left > 2 * LEAD + timedelta(seconds=1):
+                return  # the wall clock was stepped back while waiting: the instant is due, run it
             self.clock.sleep_until(when, self._never)
 
     def _spawn(self, spec: JobSpec, d: Due, result: Claimed | Unrecorded, lock: JobLock | None,
@@ -708,9 +767,10 @@ class Runner:
         """
         while not self._stopping and self._leading and leading():
             self.wake.clear()
-            self._tick_started = time.monotonic()
+            self.beat()
+            if self.steps is not None and (step := self.steps.check()) is not None:
+                self.clock_stepped(step, self.clock.now())
             self.tick(self.clock.now(), lead=LEAD)
-            self._tick_started = None
             # After the tick, not before: what on_wake does (reload check, status file, the
             # summary for systemd) must not delay the runs due at this instant.
             if on_wake is not None:
@@ -718,17 +778,25 @@ class Runner:
             if self._stopping:
                 break
             wakeup = self.next_wakeup()
-            self.clock.sleep_until(wakeup - LEAD if wakeup else None, self.wake)
+            deadline = wakeup - LEAD if wakeup else None
+            if self.max_sleep is not None:
+                cap = self.clock.now() + timedelta(seconds=self.max_sleep)
+                deadline = cap if deadline is None else min(deadline, cap)
+            self.clock.sleep_until(deadline, self.wake)
         if not self._stopping:
             self.step_down()
             return False
         self.shutdown(self.jobs.shutdown_grace)
         return True
 
-    def healthy(self, stuck_after: float = 30.0) -> bool:
-        """False if a tick has been running for longer than `stuck_after` seconds (the watchdog)."""
-        started = self._tick_started
-        return started is None or time.monotonic() - started < stuck_after
+    def beat(self) -> None:
+        """Stamp the heartbeat: the loop (leading or standing by) has made a pass just now."""
+        self.heartbeat = time.monotonic()
+
+    def alive(self, max_age: float) -> bool:
+        """True if the loop made a pass within `max_age` seconds, or is stopping (the watchdog
+        pings only then: a live thread beside a stuck loop proves nothing)."""
+        return self._stopping or time.monotonic() - self.heartbeat < max_age
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no run is active and every outcome is written (tests, shutdown); False
