@@ -180,7 +180,6 @@ def status(st: Any, *, as_json: bool) -> None:
                 "location": st.store, "error": st.store_error, "fleet": st.fleet or [],
                 "this_host": (st.runner or {}).get("store")},
             "next": (st.runner or {}).get("next", []),
-            "history_behind": (st.runner or {}).get("history_behind"),
             "running": [dict(r.to_json(with_output=False), elapsed=(now - r.started_at).total_seconds())
                         for r in st.running if r.started_at],
             "paused": {job: since.isoformat() for job, since in st.paused.items()},

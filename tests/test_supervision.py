@@ -217,3 +217,21 @@ def test_a_status_file_is_written_at_most_once_a_second(jobs_file, tmp_path: Pat
         assert data["running"] >= 0 and data["next"]
     finally:
         stop(proc)
+
+
+def test_a_job_inherits_no_descriptor_of_the_runner_but_its_own_lock(jobs_file, tmp_path: Path) -> None:
+    # `cronpy trigger` has its database, WAL, the supervisor's epoll and eventfd open: the job
+    # sees stdin, stdout, stderr and the lock of its own job (it holds it), nothing else.
+    path = jobs_file("state_dir: state\njobs:\n"
+                     "  fds: {command: 'ls -l /proc/$$/fd; sleep 0.2'}\n"
+                     "  other: {schedule: '* * * * * *', command: 'sleep 0.5', overlap: allow}\n")
+    proc = runner(path, tmp_path / "run.log")
+    try:
+        assert wait_for((tmp_path / "state" / "runner.json").exists, timeout=30)
+        out = cronpy("trigger", "fds", "--file", str(path), cwd=tmp_path)
+    finally:
+        stop(proc)
+    assert out.returncode == 0, out.stderr
+    fds = {line.split()[-3]: line.split()[-1] for line in out.stdout.splitlines() if " -> " in line}
+    extra = {fd: target for fd, target in fds.items() if fd not in ("0", "1", "2")}
+    assert list(extra.values()) == [str(tmp_path / "state" / "locks" / "job-fds.lock")], fds
