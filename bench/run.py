@@ -184,7 +184,7 @@ def bench_cli(tmp: Path, peers: list[Peer]) -> None:
     put(row("cli", f"history database bytes per row ({rows:,} rows)", "B", 0), "cronpy", db.stat().st_size / rows)
     env = dict(os.environ, CRONPY_FILE=str(jobs))
     cases = {
-        "job-name completion (wall)": cronpy_cmd(),
+        "job-name completion (wall)": cronpy_cmd("trigger"),
         "history NAME --status failed --limit 20 (wall)": cronpy_cmd("history", "job007", "--status", "failed", "--limit", "20"),
         "history --limit 20 (wall)": cronpy_cmd("history", "--limit", "20"),
         "stats (wall)": cronpy_cmd("stats"),
@@ -192,7 +192,7 @@ def bench_cli(tmp: Path, peers: list[Peer]) -> None:
     for name, cmd in cases.items():
         e = dict(env)
         if name.startswith("job-name"):
-            e.update(_CRONPY_COMPLETE="complete_bash", COMP_WORDS="cronpy trigger job0", COMP_CWORD="2")
+            e.update(_CRONPY_COMPLETE="bash", _CRONPY_INCOMPLETE="job0")  # cronpy.completion's protocol
         wall(cmd, e, tmp)
         put(row("cli", name, "ms", 0), "cronpy", median_of(lambda c=cmd, v=e: wall(c, v, tmp)) * 1000)
 

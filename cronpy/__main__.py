@@ -1,3 +1,3 @@
-from cronpy.cli import main
+from cronpy.fast import main
 
 main()

@@ -1,8 +1,7 @@
 """Write the shell completion scripts under completions/: `python -m cronpy._completions DIR`.
 
-The scripts only call back into `cronpy` (typer's completion protocol), so they stay valid as
-commands and options change; the test suite regenerates them and fails if the committed ones
-are stale.
+The scripts only call back into `cronpy` (the protocol of cronpy.completion), so they stay
+valid as commands and options change; the test suite fails if the committed ones are stale.
 """
 
 from __future__ import annotations
@@ -10,17 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SHELLS = {"bash": "cronpy.bash", "zsh": "_cronpy", "fish": "cronpy.fish"}
+from cronpy.completion import FILE_NAMES, SCRIPTS
 
 
 def scripts() -> dict[str, str]:
     """Return {file name: script} for bash, zsh and fish."""
-    from typer._completion_shared import get_completion_script
-
-    return {
-        name: get_completion_script(prog_name="cronpy", complete_var="_CRONPY_COMPLETE", shell=shell).rstrip() + "\n"
-        for shell, name in SHELLS.items()
-    }
+    return {FILE_NAMES[shell]: text for shell, text in SCRIPTS.items()}
 
 
 def main(argv: list[str]) -> int:

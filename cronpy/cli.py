@@ -1,114 +1,138 @@
 """The `cronpy` command: parse options, call one core function, render, map errors to exit codes.
 
-Heavy modules (croniter, the runner, rich) are imported inside the commands that need them,
-so `--help`, completion and `history` start fast.
+The console script is cronpy.fast:main, which answers completion and the read-only commands
+without importing this module (typer costs ~40 ms); everything else, and every `--help`, comes
+here. Heavy modules (the service layer, croniter) are imported inside the commands that need them.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
-from cronpy.errors import CronpyError, UsageError
+from cronpy import reads
+from cronpy.errors import ConfigError, CronpyError, UsageError
+from cronpy.fast import LOG_FORMATS, SHELLS, guarded
 
 if TYPE_CHECKING:
     from cronpy.models import JobSet
-    from cronpy.store import Store
 
 app = typer.Typer(
     name="cronpy",
-    help="A job runner driven by a declarative YAML jobs file. Every run is recorded in SQLite.",
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
+    add_completion=False,  # `cronpy completion SHELL` prints cronpy's own, faster scripts
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 def _complete_jobs(ctx: typer.Context, incomplete: str) -> list[str]:
-    from cronpy.paths import find_jobs_file, job_names
+    from cronpy.paths import job_names
 
     path = ctx.params.get("file") or ctx.params.get("jobs_file")
-    return [n for n in job_names(find_jobs_file(path)) if n.startswith(incomplete)]
+    return [n for n in job_names(reads.jobs_path(path)) if n.startswith(incomplete)]
 
 
 FileOpt = Annotated[Optional[Path], typer.Option(
-    "--file", "-f", help="Jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False)]
+    "--file", "-f", help="Jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False,
+    metavar="FILE")]
 StateDirOpt = Annotated[Optional[Path], typer.Option(
     "--state-dir", help="History and locks (default: $CRONPY_STATE_DIR, the file's state_dir, "
-    "$STATE_DIRECTORY, $XDG_STATE_HOME/cronpy).", show_default=False)]
+    "$STATE_DIRECTORY, $XDG_STATE_HOME/cronpy).", show_default=False, metavar="DIR")]
 StoreOpt = Annotated[Optional[str], typer.Option(
     "--store", help="A postgresql:// URL shared by a fleet of runners (default: $CRONPY_STORE, the file's "
-    "store; without one, SQLite in the state dir).", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-NameArg = Annotated[str, typer.Argument(help="Job name.", autocompletion=_complete_jobs, show_default=False)]
+    "store; without one, SQLite in the state dir).", show_default=False, metavar="URL")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one document on stdout).")]
+WideOpt = Annotated[bool, typer.Option("--wide", "-w", help="Every column, with absolute times and zones.")]
+NameArg = Annotated[str, typer.Argument(help="Job name.", autocompletion=_complete_jobs, show_default=False,
+                                        metavar="NAME")]
 SinceOpt = Annotated[Optional[str], typer.Option(
-    "--since", help="Only runs started since: a duration back from now (7d, 12h) or an ISO date/time.")]
+    "--since", help="Only runs started since: a duration back from now (7d, 12h) or an ISO date/time.",
+    metavar="WHEN")]
+LogFormatOpt = Annotated[str, typer.Option(
+    "--log-format", help="Log lines as `text`, or `json`: one JSON object a line (time, level, message, job).",
+    metavar="text|json")]
 
 
-def _fail(exc: CronpyError) -> typer.Exit:
-    sys.stderr.write(f"Error: {exc}\n")
-    return typer.Exit(exc.exit_code)
+# Bounds of numeric arguments, so that a huge number is a usage error (exit 2), not an
+# OverflowError from SQLite or a loop that never ends.
+MAX_LIMIT = 10_000_000  #: `history --limit`
+MAX_RUN_ID = 2**63 - 1  #: run ids are SQLite/PostgreSQL 64-bit integers
 
 
 def _guard(fn: Callable[[], int | None]) -> None:
     """Run a command body, turning CronpyError into `Error: …` and its exit status."""
-    try:
-        code = fn()
-    except CronpyError as exc:
-        raise _fail(exc) from None
+    code = guarded(fn)
     if code:
         raise typer.Exit(code)
 
 
-def _load(file: Path | None) -> JobSet:
-    from cronpy.config import load_jobs
-    from cronpy.paths import find_jobs_file
-
-    return load_jobs(find_jobs_file(str(file) if file else None), now=datetime.now(timezone.utc))
+def _str(p: Path | None) -> str | None:
+    return str(p) if p is not None else None
 
 
-def _state_dir_for_reading(file: Path | None, state_dir: Path | None) -> Path:
-    """The state dir, reading only `state_dir` from the jobs file (so a broken file still
-    lets you read the history, and `history` does not pay for a full validation)."""
-    from cronpy.paths import file_state_dir, find_jobs_file, resolve_state_dir
-
-    if state_dir is None and not os.environ.get("CRONPY_STATE_DIR"):
-        path = find_jobs_file(str(file) if file else None)
-        return resolve_state_dir(None, file_state_dir(path))
-    return resolve_state_dir(str(state_dir) if state_dir else None, None)
+def _file(positional: Path | None, option: Path | None) -> str | None:
+    """The jobs file of `run`/`validate`: the positional argument or -f (not both differently)."""
+    if positional is not None and option is not None and positional != option:
+        raise UsageError(f"two jobs files given: {positional} and -f {option}")
+    return _str(positional or option)
 
 
-def _store_for_reading(file: Path | None, state_dir: Path | None, store: str | None) -> Store:
-    """The history to read: the fleet's store if one is named, else the state dir's SQLite."""
-    from cronpy.paths import file_setting, find_jobs_file, resolve_store
-    from cronpy.store import open_store
-
-    url = store or os.environ.get("CRONPY_STORE") or None
-    if url is None:
-        url = resolve_store(None, file_setting(find_jobs_file(str(file) if file else None), "store"))
-    return open_store(url, _state_dir_for_reading(file, state_dir) if not url else Path("."), readonly=True)
+def _load(file: Path | str | None) -> JobSet:
+    return reads.load(file)
 
 
-def _since(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    from cronpy.durations import parse_since
+def _check_state_dir(jobs: JobSet, state_dir: Path | None, store: str | None) -> None:
+    """A state dir that cannot be created or written is a usage error (exit 2, no traceback):
+    systemd must not restart a runner whose configuration is wrong (RestartPreventExitStatus=2)."""
+    from cronpy.paths import ensure_state_dir, resolve_state_dir, resolve_store
 
-    try:
-        return parse_since(text, datetime.now(timezone.utc))
-    except ValueError as exc:
-        raise UsageError(f"--since: {exc}") from None
+    if resolve_store(store, jobs.store):
+        return
+    ensure_state_dir(resolve_state_dir(_str(state_dir), jobs.state_dir))
+
+
+def _log_format(fmt: str) -> None:
+    if fmt not in LOG_FORMATS:
+        raise UsageError(f"--log-format: expected one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    from cronpy import logfmt
+
+    logfmt.FORMAT = fmt
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cronpy.fast import _version as v
+
+        sys.stdout.write(f"cronpy {v()}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", "-V", help="Print the version and exit.", callback=_version, is_eager=True)] = False) -> None:
+    """A job runner driven by a declarative YAML jobs file. Every run is recorded in SQLite
+    (or a fleet's PostgreSQL store).
+
+    Conventions: the jobs file is -f FILE, then $CRONPY_FILE, then ./jobs.yaml; the history is
+    --store URL or the state dir (--state-dir DIR, $CRONPY_STATE_DIR, the file's state_dir, ...).
+    On a terminal tables fit its width (--wide: every column); piped, they are tab-separated;
+    --json prints JSON. Exit statuses: 0 ok, 1 a job failed, 2 usage/file/state-dir error,
+    75 locked elsewhere, 124 timed out.
+    """
 
 
 @app.command()
 def run(
-    jobs_file: Annotated[Path, typer.Argument(help="The jobs file.", show_default=False)],
+    jobs_file: Annotated[Optional[Path], typer.Argument(
+        help="The jobs file (or -f; default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False,
+        metavar="[JOBS_FILE]")] = None,
+    file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
     watch: Annotated[bool, typer.Option("--watch", help="Reload when the jobs file changes (as on SIGHUP).")] = False,
@@ -116,8 +140,9 @@ def run(
         "--metrics-port", help="Serve Prometheus metrics on this port (needs the `metrics` extra).")] = None,
     metrics_address: Annotated[str, typer.Option("--metrics-address", help="Address for --metrics-port.")] = "127.0.0.1",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
-    """Run the jobs of JOBS_FILE on their schedules, in the foreground, until SIGINT/SIGTERM.
+    """Run the jobs on their schedules, in the foreground, until SIGINT/SIGTERM.
 
     SIGHUP (or a change of the file, with --watch) reloads it without interrupting running
     jobs; an invalid file is rejected and the old jobs keep running. Several runners may share
@@ -127,10 +152,16 @@ def run(
 
     Example: cronpy run jobs.yaml --watch
     """
-    from cronpy import service
+    def body() -> int:
+        from cronpy import service
 
-    _guard(lambda: service.run(jobs_file, state_dir, store=store, verbose=verbose, watch=watch, metrics_port=metrics_port,
-                               metrics_address=metrics_address))
+        _log_format(log_format)
+        path = reads.jobs_path(_file(jobs_file, file))
+        _check_state_dir(_load(path), state_dir, store)
+        return service.run(path, state_dir, store=store, verbose=verbose, watch=watch, metrics_port=metrics_port,
+                           metrics_address=metrics_address)
+
+    _guard(body)
 
 
 @app.command()
@@ -142,6 +173,9 @@ def trigger(
     wait: Annotated[float, typer.Option(
         "--wait", help="If the job is running elsewhere, wait up to this many seconds for it.")] = 0.0,
     chain: Annotated[bool, typer.Option("--chain", help="Then run the jobs `after:` it, as the runner would.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON (the job's output goes to stderr).")]
+    = False,
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run job NAME now in the foreground (with its retries, timeout and lock) and exit with its status.
 
@@ -149,46 +183,49 @@ def trigger(
 
     Example: cronpy trigger backup -f jobs.yaml
     """
-    from cronpy import service
+    def body() -> int:
+        from cronpy import render, service
 
-    _guard(lambda: service.trigger(_load(file), name, state_dir, store=store, wait=wait, chain=chain))
-
-
-@app.command()
-def history(
-    name: Annotated[Optional[str], typer.Argument(help="Only this job.", autocompletion=_complete_jobs)] = None,
-    status: Annotated[Optional[str], typer.Option(
-        "--status", "-s", help="Only runs with this status: running, success, failed, timeout, interrupted, skipped.")] = None,
-    since: SinceOpt = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.", min=1)] = 50,
-    file: FileOpt = None,
-    state_dir: StateDirOpt = None,
-    store: StoreOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Show recorded runs, newest first.
-
-    Example: cronpy history backup --status failed --since 7d
-    """
-    def body() -> None:
-        from cronpy import render
-        from cronpy.models import RunStatus
-
-        st = None
-        if status is not None:
-            try:
-                st = RunStatus(status)
-            except ValueError:
-                raise UsageError(f"--status: expected one of {', '.join(s.value for s in RunStatus)}, got {status!r}") from None
-        with _store_for_reading(file, state_dir, store) as h:
-            render.runs(h.query(name, status=st, since=_since(since), limit=limit), as_json=as_json)
+        _log_format(log_format)
+        jobs = _load(file)
+        _check_state_dir(jobs, state_dir, store)
+        done: list[Any] = []
+        code = service.trigger(jobs, name, state_dir, store=store, wait=wait, chain=chain,
+                               report=done.append if as_json else None)
+        if as_json:
+            render.print_json(dict(done[-1].to_json(with_output=False), exit_status=code) if done
+                              else {"job": name, "id": None, "status": None, "exit_status": code})
+        return code
 
     _guard(body)
 
 
 @app.command()
+def history(
+    name: Annotated[Optional[str], typer.Argument(help="Only this job.", autocompletion=_complete_jobs,
+                                                  metavar="[NAME]")] = None,
+    status: Annotated[Optional[str], typer.Option(
+        "--status", "-s", help=f"Only runs with this status: {reads.STATUS_HELP}.", metavar="STATUS")] = None,
+    since: SinceOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.", min=1, max=MAX_LIMIT)] = 50,
+    file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+    wide: WideOpt = False,
+) -> None:
+    """Show recorded runs, newest first (none yet: an empty answer, exit 0).
+
+    Example: cronpy history backup --status failed --since 7d
+    """
+    _guard(lambda: reads.history(name, status=status, since=since, limit=limit, file=_str(file),
+                                 state_dir=_str(state_dir), store=store, as_json=as_json, wide=wide))
+
+
+@app.command()
 def show(
-    run_id: Annotated[int, typer.Argument(help="Run id, as `history` shows it.", show_default=False)],
+    run_id: Annotated[int, typer.Argument(help="Run id, as `history` shows it.", show_default=False,
+                                          metavar="RUN_ID", min=1, max=MAX_RUN_ID)],
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
@@ -198,29 +235,19 @@ def show(
 
     Example: cronpy show 42
     """
-    def body() -> None:
-        from cronpy import render
-
-        with _store_for_reading(file, state_dir, store) as h:
-            rec = h.get(run_id)
-        if not rec.status.finished:  # the history has its output only once it ends
-            from cronpy.outputs import with_live_output
-
-            rec = with_live_output(rec, _state_dir_for_reading(file, state_dir))
-        render.run_detail(rec, as_json=as_json)
-
-    _guard(body)
+    _guard(lambda: reads.show(run_id, file=_str(file), state_dir=_str(state_dir), store=store, as_json=as_json))
 
 
 @app.command()
 def logs(
     target: Annotated[str, typer.Argument(help="A run id, or a job name (its latest run).",
-                                          autocompletion=_complete_jobs, show_default=False)],
+                                          autocompletion=_complete_jobs, show_default=False, metavar="NAME|RUN_ID")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="While the run goes, print its output as it comes "
                                          "(like journalctl -f); exit when it ends.")] = False,
     # Here -f is --follow, as for tail and journalctl: the jobs file is --file only.
     file: Annotated[Optional[Path], typer.Option(
-        "--file", help="Jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False)] = None,
+        "--file", help="Jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False,
+        metavar="FILE")] = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -238,35 +265,41 @@ def logs(
             out.write(data)
             out.flush()
 
-        with _store_for_reading(file, state_dir, store) as h:
-            return show_logs(h, _state_dir_for_reading(file, state_dir), target, follow_run=follow, write=write,
-                             note=lambda text: _note(text))
+        h = reads.open_for_reading(_str(file), _str(state_dir), store)
+        if h is None:
+            from cronpy.errors import RunNotFound
+
+            if target.isdigit():
+                raise RunNotFound(int(target))
+            reads.check_job_name(target, reads.file_job_names(_str(file)) or [])
+            raise UsageError(f"no run of {target} recorded yet")
+        with h:
+            return show_logs(h, reads.state_dir_for_reading(_str(file), _str(state_dir)), target, follow_run=follow,
+                             write=write, note=_note)
 
     _guard(body)
 
 
 @app.command()
 def stats(
-    name: Annotated[Optional[str], typer.Argument(help="Only this job.", autocompletion=_complete_jobs)] = None,
+    name: Annotated[Optional[str], typer.Argument(help="Only this job.", autocompletion=_complete_jobs,
+                                                  metavar="[NAME]")] = None,
     since: SinceOpt = None,
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
-    """Per job: runs, failures, success rate, durations (mean, p50, p95, max), last and next run, health.
+    """Per job: health, runs (after retries) and attempts, durations, last and next run.
+
+    Health comes from runs: healthy when >= 95 % of finished runs succeeded (after their
+    retries), warning >= 80 %, else unhealthy; unknown for a job that never ran.
 
     Example: cronpy stats --since 30d
     """
-    def body() -> None:
-        from cronpy import render, service
-
-        with _store_for_reading(file, state_dir, store) as h:
-            items = h.stats(name, since=_since(since))
-            recent = {s.job: h.recent(s.job) for s in items} if render.is_terminal() and not as_json else {}
-        render.stats(items, service.next_runs_if_readable(file, state_dir, store), recent, as_json=as_json)
-
-    _guard(body)
+    _guard(lambda: reads.stats(name, since=since, file=_str(file), state_dir=_str(state_dir), store=store,
+                               as_json=as_json, wide=wide))
 
 
 @app.command("list")
@@ -275,40 +308,38 @@ def list_jobs(
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
-    """List the jobs with schedule, zone, enabled, next run and last status.
+    """List the jobs with schedule, zone, state, next run and last status.
 
     Example: cronpy list -f jobs.yaml
     """
-    def body() -> None:
-        from cronpy import render, service
-
-        jobs = _load(file)
-        words = {n: service.describe(s.schedule) for n, s in jobs.jobs.items()}
-        render.job_list(list(jobs.jobs.values()), service.next_runs(jobs, state_dir, store),
-                        service.last_runs(jobs, state_dir, store), words, service.paused_jobs(jobs, state_dir, store),
-                        as_json=as_json)
-
-    _guard(body)
+    _guard(lambda: reads.list_jobs(file=_str(file), state_dir=_str(state_dir), store=store, as_json=as_json,
+                                   wide=wide))
 
 
 @app.command("next")
 def next_(
-    name: Annotated[Optional[str], typer.Argument(help="Job name.", autocompletion=_complete_jobs)] = None,
-    count: Annotated[int, typer.Option("--count", "-n", help="How many instants.", min=1)] = 5,
+    name: Annotated[Optional[str], typer.Argument(help="Job name.", autocompletion=_complete_jobs,
+                                                  metavar="[NAME]")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", "--count", help="How many instants.", min=1,
+                                       max=10000)] = 5,
     from_: Annotated[Optional[str], typer.Option("--from", help="Start after this ISO 8601 time (default: now).")] = None,
     expr: Annotated[Optional[str], typer.Option("--expr", help="A schedule not in any file, e.g. '0 3 * * 1-5'.")] = None,
     tz: Annotated[str, typer.Option("--tz", help="Zone for --expr.")] = "UTC",
     hash_name: Annotated[str, typer.Option(
         "--name", help="Job name that H in --expr hashes, to preview a job's hashed times.")] = "expr",
     file: FileOpt = None,
+    state_dir: StateDirOpt = None,
+    store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the next fire times of a job (or of --expr), one ISO 8601 time with offset a line.
 
-    This is the code the runner fires by.
+    This is the code the runner fires by. Without --from, an interval job continues the
+    cadence recorded in the history (--state-dir/--store), as a runner started now would.
 
-    Example: cronpy next backup --count 3 --from 2026-03-29T00:00:00+00:00
+    Example: cronpy next backup -n 3 --from 2026-03-29T00:00:00+00:00
     """
     def body() -> None:
         from cronpy import render, service
@@ -320,9 +351,15 @@ def next_(
             except ValueError:
                 raise UsageError(f"--from: expected an ISO 8601 time, got {from_!r}") from None
         if expr is not None:
-            times, words = service.next_for_expr(expr, tz, start, count, hash_name)
+            times, words = service.next_for_expr(expr, tz, start, limit, hash_name)
         elif name is not None:
-            times, words = service.next_for_job(_load(file), name, start, count)
+            jobs = _load(file)
+            if from_ is None:
+                # The first instant as `list` shows it (recorded cadence), then the schedule.
+                first = reads.next_runs_for(jobs, _str(state_dir), store).get(name)
+                if first is not None:
+                    start = first - timedelta(microseconds=1)
+            times, words = service.next_for_job(jobs, name, start, limit)
         else:
             raise UsageError("give a job NAME or --expr")
         render.instants(times, as_json=as_json, description=words)
@@ -330,35 +367,56 @@ def next_(
     _guard(body)
 
 
+def _message(data: dict[str, Any], lines: str | list[str], as_json: bool) -> None:
+    from cronpy import render
+
+    render.message(data, lines, as_json=as_json)
+
+
 @app.command()
-def pause(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt = None) -> None:
+def pause(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt = None,
+          as_json: JsonOpt = False) -> None:
     """Stop the schedule from firing job NAME (a running runner notices at once); `trigger` still runs it.
 
     Example: cronpy pause backup
     """
-    from cronpy import service
+    def body() -> None:
+        from cronpy import service
 
-    _guard(lambda: _say(service.pause(_load(file), name, state_dir, store)))
+        jobs = _load(file)
+        _check_state_dir(jobs, state_dir, store)
+        said = service.pause(jobs, name, state_dir, store)
+        _message({"job": name, "paused": True, "message": said}, said, as_json)
+
+    _guard(body)
 
 
 @app.command()
-def resume(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt = None) -> None:
+def resume(name: NameArg, file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt = None,
+           as_json: JsonOpt = False) -> None:
     """Let the schedule fire job NAME again.
 
     Example: cronpy resume backup
     """
-    from cronpy import service
+    def body() -> None:
+        from cronpy import service
 
-    _guard(lambda: _say(service.resume(_load(file), name, state_dir, store)))
+        jobs = _load(file)
+        _check_state_dir(jobs, state_dir, store)
+        said = service.resume(jobs, name, state_dir, store)
+        _message({"job": name, "paused": False, "message": said}, said, as_json)
+
+    _guard(body)
 
 
 @app.command()
 def cancel(
     target: Annotated[str, typer.Argument(help="A job name (all its runs in progress) or a run id.",
-                                          autocompletion=_complete_jobs, show_default=False)],
+                                          autocompletion=_complete_jobs, show_default=False, metavar="NAME|RUN_ID")],
     file: FileOpt = None,
     state_dir: StateDirOpt = None,
     store: StoreOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Stop a run in progress: SIGTERM to its process group, SIGKILL after the job's kill_grace.
 
@@ -366,14 +424,20 @@ def cancel(
 
     Example: cronpy cancel backup
     """
-    from cronpy import service
+    def body() -> None:
+        from cronpy import service
 
-    _guard(lambda: _say(*service.cancel(_load(file), target, state_dir, store)))
+        jobs = _load(file)
+        _check_state_dir(jobs, state_dir, store)
+        said = service.cancel(jobs, target, state_dir, store)
+        _message({"target": target, "messages": said}, said, as_json)
+
+    _guard(body)
 
 
 @app.command()
 def status(file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt = None,
-           as_json: JsonOpt = False) -> None:
+           as_json: JsonOpt = False, wide: WideOpt = False) -> None:
     """Which runner schedules (pid, host, since), runs in progress, next due runs, latest failures.
 
     Reads only the state dir (and a fleet's store), so it works beside a runner started by
@@ -384,14 +448,15 @@ def status(file: FileOpt = None, state_dir: StateDirOpt = None, store: StoreOpt 
     def body() -> None:
         from cronpy import render, service
 
-        render.status(service.status(file, state_dir, store), as_json=as_json)
+        render.status(service.status(file, state_dir, store), as_json=as_json, wide=wide)
 
     _guard(body)
 
 
 @app.command("import-crontab")
 def import_crontab(
-    files: Annotated[list[str], typer.Argument(help="Crontab files; - reads standard input.", show_default=False)],
+    files: Annotated[list[str], typer.Argument(help="Crontab files; - reads standard input.", show_default=False,
+                                               metavar="FILE...")],
     system: Annotated[bool, typer.Option("--system", help="The /etc/crontab and /etc/cron.d format: a user "
                                          "column after the time fields (the job runs as that user).")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the jobs file here "
@@ -430,6 +495,15 @@ def import_crontab(
     _guard(body)
 
 
+def _note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _say(*lines: str) -> None:
+    for line in lines:
+        sys.stdout.write(line + "\n")
+
+
 @app.command()
 def recover(file: FileOpt = None, state_dir: StateDirOpt = None) -> None:
     """Move a damaged history.db aside and recover what SQLite can still read into a fresh one.
@@ -442,7 +516,7 @@ def recover(file: FileOpt = None, state_dir: StateDirOpt = None) -> None:
     """
     from cronpy import service
 
-    _guard(lambda: _say(*service.recover(_state_dir_for_reading(file, state_dir))))
+    _guard(lambda: _say(*service.recover(reads.state_dir_for_reading(_str(file), _str(state_dir)))))
 
 
 @app.command()
@@ -456,7 +530,7 @@ def web(
         "--token", envvar="CRONPY_WEB_TOKEN", show_envvar=False, show_default=False,
         help="Require this token (Bearer header or login cookie); default: $CRONPY_WEB_TOKEN.")] = None,
 ) -> None:
-    """Serve a read-only dashboard of the jobs and their history (needs `pip install 'cronpy[web]'`).
+    """Serve a read-only dashboard of the jobs and their history (needs `pip install 'cronpy-runner[web]'`).
 
     Pages: / (jobs), /jobs/NAME, /runs/ID, /now; JSON: /api/jobs, /api/jobs/NAME/runs,
     /api/runs/ID, /api/status; /healthz. It binds to loopback unless --host says otherwise,
@@ -483,34 +557,64 @@ def schema() -> None:
     sys.stdout.write(json.dumps(jobs_file_schema(), indent=2) + "\n")
 
 
-def _note(text: str) -> None:
-    sys.stderr.write(text + "\n")
-
-
-def _say(*lines: str) -> None:
-    for line in lines:
-        sys.stdout.write(line + "\n")
-
-
 @app.command()
 def validate(
     jobs_file: Annotated[Optional[Path], typer.Argument(
-        help="The jobs file (default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False)] = None,
+        help="The jobs file (or -f; default: $CRONPY_FILE, then ./jobs.yaml).", show_default=False,
+        metavar="[JOBS_FILE]")] = None,
+    file: FileOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {file, ok, jobs, problems} as JSON.")] = False,
 ) -> None:
     """Check a jobs file and report every problem with its line; exit 2 if there is any.
 
     Example: cronpy validate jobs.yaml
     """
+    def body() -> int:
+        from cronpy import render
+
+        path = reads.jobs_path(_file(jobs_file, file))
+        try:
+            jobs = _load(path)
+        except ConfigError as exc:
+            if not as_json:
+                raise
+            render.print_json({"file": str(path), "ok": False, "jobs": None, "problems": [
+                {"line": p.line, "key": p.key, "message": p.message} for p in exc.problems]})
+            return exc.exit_code
+        n = len(jobs.jobs)
+        if as_json:
+            render.print_json({"file": str(path), "ok": True, "jobs": n, "problems": [],
+                               "warnings": list(jobs.warnings)})
+        else:
+            for warning in jobs.warnings:
+                sys.stderr.write(f"warning: {warning}\n")
+            sys.stdout.write(f"{jobs.source}: OK, {n} job{'s' if n != 1 else ''}\n")
+        return 0
+
+    _guard(body)
+
+
+@app.command()
+def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", metavar="SHELL")]) -> None:
+    """Print the completion script for SHELL (commands, options, job names, --status values, zones).
+
+    bash: cronpy completion bash > ~/.local/share/bash-completion/completions/cronpy
+    zsh:  cronpy completion zsh > "${fpath[1]}/_cronpy"   (any directory of your $fpath)
+    fish: cronpy completion fish > ~/.config/fish/completions/cronpy.fish
+
+    Example: cronpy completion bash > ~/.local/share/bash-completion/completions/cronpy
+    """
     def body() -> None:
-        jobs = _load(jobs_file)
-        for warning in jobs.warnings:
-            sys.stderr.write(f"warning: {warning}\n")
-        sys.stdout.write(f"{jobs.source}: OK, {len(jobs.jobs)} job{'s' if len(jobs.jobs) != 1 else ''}\n")
+        from cronpy.completion import SCRIPTS
+
+        if shell not in SHELLS:
+            raise UsageError(f"expected one of {', '.join(SHELLS)}, got {shell!r}")
+        sys.stdout.write(SCRIPTS[shell])
 
     _guard(body)
 
 
 def main() -> Any:
-    """Console-script entry point (also `python -m cronpy`, hence the explicit name: click
-    derives the completion variable _CRONPY_COMPLETE from it)."""
+    """The Typer app (cronpy.fast.main sends here what it does not answer itself); the explicit
+    name keeps usage lines `cronpy …` under `python -m cronpy` too."""
     return app(prog_name="cronpy")

@@ -20,7 +20,7 @@ import yaml
 
 from cronpy.durations import parse_duration, parse_size
 from cronpy.errors import ConfigError, Problem, UsageError
-from cronpy.models import (DEFAULT_OUTPUT_MAX, At, Backoff, Cron, JobSet, JobSpec, Notify, NotifyWhen, Overlap,
+from cronpy.models import (DEFAULT_OUTPUT_MAX, At, Backoff, Cron, Every, JobSet, JobSpec, Notify, NotifyWhen, Overlap,
                            Schedule)
 from cronpy.schedule import ever_fires, fires_in_zone, parse_schedule, shortest_gap, wall_time, zone
 from cronpy.paths import is_postgres_url
@@ -118,13 +118,56 @@ def _build(node: yaml.Node, path: tuple[Any, ...], doc: _Doc, loader: Any) -> An
         return None
 
 
+# Limits on hostile input, each far above any real jobs file (a 10,000-job file nests 4 levels
+# deep and uses no aliases). Past them the file is refused with its line, before anything is built.
+MAX_DEPTH = 64  #: nested mappings/lists; libyaml's C composer recursed and segfaulted at ~100,000
+MAX_ALIAS_NODES = 100_000  #: nodes that aliases (`*name`, `<<: *name`) may add by expansion, in all
+# The longest duration any key takes (and the longest interval): past it, instants and
+# deadlines overflow datetime (year 9999) within a few `cronpy next` steps.
+MAX_DURATION = 3660 * 86400.0  # ~10 years
+MAX_FILE_BYTES = 32 * 1024 * 1024  #: a 10,000-job file is ~1 MB
+# Characters YAML 1.1 allows in a stream (tab, newlines, printable Unicode); anything else is
+# reported with its line and column instead of the parser's character offset.
+_NOT_YAML = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _line_col(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _bad_characters(text: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for match in _NOT_YAML.finditer(text):
+        line, col = _line_col(text, match.start())
+        if problems and problems[-1].line == line:
+            continue  # one report per line is enough
+        name = "a NUL byte" if match.group() == "\0" else f"control character U+{ord(match.group()):04X}"
+        problems.append(Problem(line, "", f"column {col}: {name} is not allowed in YAML"))
+        if len(problems) == 10:
+            break
+    return problems
+
+
 def _compose(text: str, source: str) -> tuple[Any, _Doc]:
+    """Compose the single document of `text` into nodes, without recursion, then build it.
+
+    PyYAML's composers recurse (the C one segfaults on 100,000 `[`, the Python one raises
+    RecursionError at ~500 levels) and let an alias stand for its anchor's whole subtree, so
+    nine levels of `&a [*b, *b, …]` mean 387 million nodes to build. This composer walks
+    libyaml's events with an explicit stack, refuses nesting deeper than MAX_DEPTH, and counts
+    what each alias would add: past MAX_ALIAS_NODES the file is refused, so building the
+    values (which visits an aliased subtree once per alias) stays linear in the file's size.
+    """
     doc = _Doc()
-    # libyaml's safe loader when PyYAML was built with it (the wheels are): ~10x faster on a
-    # 10,000-job file, with the same nodes, marks and safe constructors.
+    bad = _bad_characters(text)
+    if bad:
+        raise ConfigError(source, bad)
+    # libyaml's safe parser when PyYAML was built with it (the wheels are): events and marks
+    # as the pure-Python one gives, ~10x faster on a 10,000-job file.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        node = loader.get_single_node()
+        node = _compose_events(loader, source)
     except yaml.MarkedYAMLError as exc:
         # Point at where the broken construct began (an unclosed `[` is only noticed at the
         # end of the file), and say where the parser gave up.
@@ -135,12 +178,93 @@ def _compose(text: str, source: str) -> tuple[Any, _Doc]:
             message += f" ({exc.context}; noticed on line {exc.problem_mark.line + 1})"
         raise ConfigError(source, [Problem(line, "", message)]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [Problem(None, "", f"YAML error: {exc}")]) from None
+        raise ConfigError(source, [Problem(None, "", f"YAML error: {str(exc).splitlines()[0]}")]) from None
     finally:
         loader.dispose()
     if node is None:
         return None, doc
     return _build(node, (), doc, loader), doc
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _compose_events(loader: Any, source: str) -> yaml.Node | None:
+    """The document's root node (None for an empty stream), composed from parser events."""
+    ev = yaml.events
+    loader.get_event()  # StreamStart
+    if loader.check_event(ev.StreamEndEvent):
+        return None
+    loader.get_event()  # DocumentStart
+    anchors: dict[str, tuple[yaml.Node, int]] = {}  # name -> (node, expanded size)
+    expanded = 0
+    tags: dict[str, str] = {}  # plain scalar -> resolved tag (most values repeat: `10m`, `true`)
+    # Each open collection: [node, pending mapping key or None, anchor, expanded size so far].
+    stack: list[list[Any]] = []
+    root: yaml.Node | None = None
+
+    def refuse(mark: Any, message: str) -> ConfigError:
+        return ConfigError(source, [Problem(mark.line + 1 if mark is not None else None, "", message)])
+
+    while True:
+        event = loader.get_event()
+        kind = type(event)
+        size = 1
+        node: yaml.Node
+        if kind is ev.ScalarEvent:
+            tag = event.tag
+            if tag is None or tag == "!":
+                if event.implicit[0]:
+                    tag = tags.get(event.value)
+                    if tag is None:
+                        tag = tags[event.value] = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+                else:
+                    tag = _STR_TAG
+            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+            anchor = event.anchor
+        elif kind is ev.MappingStartEvent or kind is ev.SequenceStartEvent:
+            if len(stack) >= MAX_DEPTH:
+                raise refuse(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+            cls = yaml.MappingNode if kind is ev.MappingStartEvent else yaml.SequenceNode
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = loader.resolve(cls, None, event.implicit)
+            stack.append([cls(tag, [], event.start_mark, None, event.flow_style), None, event.anchor, 1])
+            continue
+        elif kind is ev.MappingEndEvent or kind is ev.SequenceEndEvent:
+            node, _, anchor, size = stack.pop()
+            node.end_mark = event.end_mark
+        elif kind is ev.AliasEvent:
+            if event.anchor not in anchors:
+                raise refuse(event.start_mark, f"alias *{event.anchor} refers to no anchor defined before it")
+            node, size = anchors[event.anchor]
+            expanded += size
+            if expanded > MAX_ALIAS_NODES:
+                raise refuse(event.start_mark, f"aliases expand to more than {MAX_ALIAS_NODES:,} values "
+                             "(an alias bomb?): use `defaults:` or fewer aliases")
+            anchor = None
+        elif kind is ev.DocumentEndEvent:
+            if not loader.check_event(ev.StreamEndEvent):
+                extra = loader.get_event()
+                raise refuse(extra.start_mark, "expected a single document, found another (`---`)")
+            return root
+        else:  # pragma: no cover - libyaml emits nothing else inside a document
+            raise refuse(event.start_mark, f"unexpected YAML event {kind.__name__}")
+        if anchor is not None:
+            anchors[anchor] = (node, size)
+        if not stack:
+            root = node
+            continue
+        top = stack[-1]
+        top[3] += size
+        if isinstance(top[0], yaml.MappingNode):
+            if top[1] is None:
+                top[1] = node
+            else:
+                top[0].value.append((top[1], node))
+                top[1] = None
+        else:
+            top[0].value.append(node)
 
 
 def _did_you_mean(key: str, known: set[str]) -> str:
@@ -176,11 +300,18 @@ class _Checker:
             self.err(path, f"expected {expect}, got {_describe(value)}")
         return ok
 
-    def duration(self, value: Any, path: tuple[Any, ...], *, positive: bool = False) -> float | None:
+    def duration(self, value: Any, path: tuple[Any, ...], *, positive: bool = False,
+                 maximum: float = MAX_DURATION) -> float | None:
+        if value is None:  # `kill_grace:` with nothing after it
+            self.err(path, "empty: expected a duration such as 45s, 10m or 1h30m")
+            return None
         try:
             seconds = parse_duration(value)
         except (ValueError, TypeError) as exc:
             self.err(path, str(exc) if isinstance(exc, ValueError) else f"expected a duration, got {_describe(value)}")
+            return None
+        if seconds > maximum:
+            self.err(path, f"longer than the longest allowed, {maximum / 86400:g}d")
             return None
         if positive and seconds <= 0:
             self.err(path, "must be longer than zero")
@@ -323,6 +454,9 @@ class _Checker:
             if isinstance(s, (str, int)) and not isinstance(s, bool) and str(s).strip():
                 try:
                     schedule = parse_schedule(str(s))
+                    if isinstance(schedule, Every) and not 0 < schedule.seconds <= MAX_DURATION:
+                        raise ValueError(f"an interval must be longer than zero and at most "
+                                         f"{MAX_DURATION / 86400:g}d, got {str(s)!r}")
                     # A syntactically valid expression that matches no date (`0 0 30 2 *`).
                     if isinstance(schedule, Cron) and not ever_fires(schedule.expr, name):
                         ok = False
@@ -640,13 +774,25 @@ def load_jobs(path: str | os.PathLike[str], *, now: datetime | None = None) -> J
     """Read and validate the jobs file at `path`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(str(p), [Problem(None, "", "no such file")]) from None
+        raise ConfigError(str(p), [Problem(None, "", "no such file (name the jobs file with -f FILE or "
+                                                    "$CRONPY_FILE; the default is ./jobs.yaml)")]) from None
     except IsADirectoryError:
         raise ConfigError(str(p), [Problem(None, "", "is a directory, not a jobs file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(p), [Problem(None, "", f"cannot read: {exc}")]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [Problem(None, "", f"cannot read: {exc.strerror or exc}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(str(p), [Problem(None, "", f"larger than {MAX_FILE_BYTES // 2**20} MiB: not a jobs file?")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Say where, as an editor would (line and column), not as a byte offset.
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(str(p), [Problem(line, "", f"column {col}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
+                                           "save the file as UTF-8")]) from None
     return parse_jobs(text, str(p), base_dir=p.resolve().parent, now=now)
 
 
@@ -697,6 +843,6 @@ def check_runnable(jobs: JobSet, *, euid: int | None = None, only: str | None = 
             except ImportError:
                 apprise_missing = spec.name
                 problems.append(Problem(spec.line, f"jobs.{spec.name}.notify",
-                                        "notifications need Apprise: pip install 'cronpy[notify]'"))
+                                        "notifications need Apprise: pip install 'cronpy-runner[notify]'"))
     if problems:
         raise ConfigError(str(jobs.source or "<string>"), problems)

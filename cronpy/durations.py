@@ -15,10 +15,13 @@ def parse_duration(text: str | int | float) -> float:
 
     Raises ValueError with a message fit for the user when `text` is not a duration.
     """
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise ValueError(f"expected a duration such as 45s, 10m or 1h30m, got {text!r}")
     if isinstance(text, (int, float)):
-        seconds = float(text)
+        try:
+            seconds = float(text)
+        except OverflowError:  # an int past float's range
+            raise ValueError(f"not a finite duration: {text!r}") from None
     else:
         s = text.strip().lower()
         if re.fullmatch(r"\d+(?:\.\d+)?", s):
@@ -29,6 +32,8 @@ def parse_duration(text: str | int | float) -> float:
             raise ValueError(f"expected a duration such as 45s, 10m or 1h30m, got {text!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {text!r}")
+    if seconds != seconds or seconds == float("inf"):  # NaN, or digits past float's range
+        raise ValueError(f"not a finite duration: {text!r}")
     return seconds
 
 
@@ -73,9 +78,14 @@ def parse_since(text: str, now: datetime) -> datetime:
     """A point in time written as a duration back from `now` (`7d`, `12h`) or an ISO date/time
     (local time when it has no offset); ValueError says what was expected."""
     try:
-        return now - timedelta(seconds=parse_duration(text))
+        back = parse_duration(text)
     except ValueError:
         pass
+    else:
+        try:
+            return now - timedelta(seconds=back)
+        except OverflowError:  # `99999999d`: before datetime's year 1
+            raise ValueError(f"{text} reaches back before the year 1") from None
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:

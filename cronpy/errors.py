@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -17,6 +18,16 @@ class CronpyError(Exception):
     exit_code: int = EXIT_FAILED
 
 
+# C0 and C1 controls except newline and tab, DEL, and the bidi overrides that reorder a line.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` with control characters written as escapes (`\\x1b`), so that a name or value
+    from a jobs file cannot recolour, retitle or rewrite the terminal it is reported on."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a jobs file, located by line and dotted key."""
@@ -27,7 +38,8 @@ class Problem:
 
     def format(self, source: str) -> str:
         where = f"{source}:{self.line}" if self.line is not None else source
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return visible(text)
 
 
 class ConfigError(CronpyError):
@@ -40,7 +52,7 @@ class ConfigError(CronpyError):
         self.problems = sorted(problems, key=lambda p: (p.line or 0, p.key))
         lines = [p.format(source) for p in self.problems]
         count = len(lines)
-        header = f"{source}: {count} problem{'s' if count != 1 else ''} found"
+        header = f"{visible(source)}: {count} problem{'s' if count != 1 else ''} found"
         super().__init__(header + "\n" + "\n".join(lines))
 
 
@@ -80,6 +92,9 @@ class HistoryError(CronpyError):
         super().__init__(f"history database {path}: {reason}")
 
 
+class NoHistory(HistoryError):
+    """Raised when a history is opened read-only before anything was recorded in it (no
+    database file yet, or no tables in the fleet's database). The CLI shows an empty answer."""
 class HistoryDamaged(HistoryError):
     """Raised when SQLite finds the history database corrupt ("database disk image is
     malformed", "file is not a database"): retrying cannot help; `cronpy recover` moves the

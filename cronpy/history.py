@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from cronpy.errors import HistoryDamaged, HistoryError, RunNotFound
+from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, RunNotFound
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
+from cronpy.paths import create_private_file, private_dir
 
 UTC = timezone.utc
 HOST = socket.gethostname()
@@ -228,11 +229,12 @@ class History:
         try:
             if readonly:
                 if not path.exists():
-                    raise HistoryError(str(path), "no history yet (nothing has run with this state dir)")
+                    raise NoHistory(str(path), "no history yet (nothing has run with this state dir)")
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
                                            isolation_level=None, timeout=10.0)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(path.parent)
+                create_private_file(path)  # SQLite gives -wal and -shm the database's mode
                 self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
             self._db.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
@@ -568,10 +570,18 @@ class History:
     def daily(self, job: str, since: datetime) -> list[tuple[datetime, int, int]]:
         """The job's runs per UTC day since `since`, as (day, finished runs, failed or timed out),
         oldest first; skipped and interrupted runs are not counted, as in success rates."""
+        # Walk the job's (job, id) index from the first id of the window on: ids grow with start
+        # times (a row is written when its run starts), so the lowest id among the first runs
+        # started from an hour before `since` bounds them with room to spare. Filtering the
+        # job's whole history by started_at instead read every run it ever had: 211 ms against
+        # 0.6 ms for a job of the 1,000,000-row benchmark (bench/web.py).
         rows = self._read(
             "SELECT CAST(started_at / 86400 AS INTEGER) AS day, count(*), sum(status != 'success')"
-            f" FROM runs WHERE job = ? AND started_at >= ? AND status IN ({FINISHED_SQL}) GROUP BY day ORDER BY day",
-            (job, since.timestamp()))
+            " FROM runs INDEXED BY runs_job_id WHERE job = ? AND started_at >= ?"
+            f" AND status IN ({FINISHED_SQL}) AND id >= coalesce((SELECT min(id) FROM runs INDEXED BY runs_started"
+            " WHERE started_at = (SELECT min(started_at) FROM runs WHERE started_at >= ?)), 9e18)"
+            " GROUP BY day ORDER BY day",
+            (job, since.timestamp(), since.timestamp() - 3600))
         return [(datetime.fromtimestamp(day * 86400, UTC), n, bad) for day, n, bad in rows]
 
     def stats(self, job: str | None = None, *, since: datetime | None = None) -> list[JobStats]:

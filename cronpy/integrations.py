@@ -1,14 +1,18 @@
 """Telling the outside world: failure/success/retry hooks, healthchecks-style pings, webhooks,
 and Apprise notifications (`notify:`: mail, Slack, Telegram, Matrix, ntfy, JSON, …).
 
-Nothing here may block scheduling or fail a job. Every notification runs on a small pool of
-worker threads with a short timeout; a failure is logged and retried a couple of times, then
-dropped. Values reach hook commands only through their environment, never spliced into the
-command string.
+Nothing here may block scheduling or fail a job. Every notification waits in a bounded queue
+for one of a few worker threads, each request with a short timeout; a failure is logged and
+retried a couple of times, then dropped. When the endpoints are slower than the jobs, the queue
+fills and the oldest waiting notification is dropped, counted and logged (and counted in the
+`cronpy_notifications_dropped_total` metric); at shutdown, what was never sent is said.
+Values reach hook commands only through their environment, never spliced into the command
+string. URLs are logged redacted, and a URL's `user:password@` is sent as Basic auth.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -16,10 +20,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections import deque
+from concurrent.futures import Future, wait
 from typing import Callable, Protocol
 
 from cronpy.models import JobSpec, NotifyWhen, RunRecord, RunStatus
+from cronpy.redact import redact_url
 
 log = logging.getLogger("cronpy")
 
@@ -27,6 +33,11 @@ HTTP_TIMEOUT = 5.0  # seconds for one ping or webhook request
 HOOK_TIMEOUT = 60.0  # seconds for one hook command
 TRIES = 3  # a notification is tried this many times, 1 s then 2 s apart
 PING_BODY_BYTES = 10_000  # the tail of the output sent with a ping (healthchecks keeps 100 kB)
+# Notifications waiting for a worker. With 4 workers and a 5 s timeout a full queue is ~80 s
+# behind at worst; past it the oldest is dropped (the unbounded queue fell 49 s behind after 16
+# runs of a slow webhook, and kept growing).
+MAX_PENDING = 64
+DROP_LOG_INTERVAL = 60.0  # seconds between "dropped" log lines while an endpoint stays slow
 NOTIFY_OUTPUT_CHARS = 4_000  # the output tail in a notification: Slack cuts a message at 40,000
 # Outcomes that count as a failure for `notify:` (and end it for `recovery`).
 _FAILURES = (RunStatus.FAILED, RunStatus.TIMEOUT)
@@ -54,24 +65,58 @@ def _retrying(what: str, action: Callable[[], None], stop: threading.Event) -> N
                 return
 
 
+def split_userinfo(url: str) -> tuple[str, str | None]:
+    """`url` without its `user:password@`, and the Basic `Authorization` value for it (None
+    without userinfo). urllib takes userinfo for part of the host, so it must come off."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
+
+
 def _http(url: str, body: bytes | None, content_type: str) -> None:
     # Imported here: urllib.request brings http.client and ssl (~20 ms, ~2 MB), and most
     # runners never ping anything.
     import urllib.request
 
-    req = urllib.request.Request(url, data=body if body is not None else b"", method="POST",
-                                 headers={"Content-Type": content_type, "User-Agent": "cronpy"})
+    target, auth = split_userinfo(url)
+    headers = {"Content-Type": content_type, "User-Agent": "cronpy"}
+    if auth is not None:
+        headers["Authorization"] = auth
+    req = urllib.request.Request(target, data=body if body is not None else b"", method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:  # noqa: S310 (URLs from the jobs file)
         if resp.status >= 300:
             raise OSError(f"HTTP {resp.status}")
 
 
+def _ping_url(base: str, suffix: str) -> str:
+    """healthchecks' `/start`, `/fail`, `/<status>` go on the path, before any `?token=…`."""
+    path, q, query = base.partition("?")
+    return path.rstrip("/") + suffix + q + query
+
+
+class _Task:
+    """One queued notification: what it is (for logs), the action, and a future to wait on."""
+
+    __slots__ = ("what", "action", "future")
+
+    def __init__(self, what: str, action: Callable[[], None]) -> None:
+        self.what = what
+        self.action = action
+        self.future: Future[None] = Future()
+
+
 class Integrations:
     """Hooks, pings and webhooks of the jobs that ask for them."""
 
-    def __init__(self, workers: int = 4,
+    def __init__(self, workers: int = 4, max_pending: int = MAX_PENDING,
+                 on_drop: Callable[[int], None] | None = None,
                  previous: Callable[[str, int], RunStatus | None] | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="notify")
         # How each job's last finished run ended, for `notify: recovery`; `previous` reads it
         # from the history the first time a job finishes in this process.
         self._last_status: dict[str, RunStatus] = {}
@@ -79,17 +124,77 @@ class Integrations:
         self._stop = threading.Event()
         self._start_pings: dict[int, Future[None]] = {}  # by run id, until the run's end ping
         self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._queue: deque[_Task] = deque()
+        self._max_pending = max_pending
+        self._closed = False
+        self._busy = 0
+        self.on_drop = on_drop  #: told of each drop (the metrics counter)
+        self.dropped = 0  #: notifications dropped because the queue was full, since start
+        self._dropped_unlogged = 0
+        self._drop_logged_at: float | None = None
+        self._workers = [threading.Thread(target=self._work, name=f"notify-{i}", daemon=True) for i in range(workers)]
+        for t in self._workers:
+            t.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                task = self._queue.popleft()
+                self._busy += 1
+            try:
+                if task.future.set_running_or_notify_cancel():
+                    _retrying(task.what, task.action, self._stop)
+                    task.future.set_result(None)
+            finally:
+                with self._ready:
+                    self._busy -= 1
+                    self._ready.notify_all()
 
     def _submit(self, what: str, action: Callable[[], None]) -> Future[None] | None:
-        try:
-            return self._pool.submit(_retrying, what, action, self._stop)
-        except RuntimeError:  # shutting down
-            return None
+        task = _Task(what, action)
+        dropped: _Task | None = None
+        with self._ready:
+            if self._closed:
+                return None
+            if len(self._queue) >= self._max_pending:
+                dropped = self._queue.popleft()  # the oldest: the newest says the most
+                self.dropped += 1
+                self._dropped_unlogged += 1
+            self._queue.append(task)
+            self._ready.notify()
+        if dropped is not None:
+            dropped.future.cancel()  # an end ping waiting on a dropped /start goes on at once
+            self._note_drop(dropped)
+        return task.future
+
+    def _note_drop(self, task: _Task) -> None:
+        if self.on_drop is not None:
+            self.on_drop(1)
+        now = time.monotonic()
+        # One line at the first drop, then at most one a minute while the endpoint stays slow.
+        with self._lock:
+            if self._drop_logged_at is not None and now - self._drop_logged_at < DROP_LOG_INTERVAL:
+                return
+            count, self._dropped_unlogged = self._dropped_unlogged, 0
+            self._drop_logged_at = now
+        log.warning("notifications: %d waiting, the endpoints are too slow: dropped the oldest %d (%d since "
+                    "start), latest: %s", self._max_pending, count, self.dropped, task.what)
+
+    @property
+    def pending(self) -> int:
+        """Notifications waiting for a worker (not counting those being sent)."""
+        with self._lock:
+            return len(self._queue)
 
     def run_started(self, spec: JobSpec, run_id: int) -> None:
         if spec.ping:
-            url = f"{spec.ping}/start"
-            sent = self._submit(f"{spec.name}: ping {url}", lambda: _http(url, None, "text/plain"))
+            url = _ping_url(spec.ping, "/start")
+            sent = self._submit(f"{spec.name}: ping {redact_url(url)}", lambda: _http(url, None, "text/plain"))
             if sent is not None:
                 with self._lock:
                     self._start_pings[run_id] = sent
@@ -102,9 +207,9 @@ class Integrations:
             if ok:
                 url = spec.ping
             elif record.exit_code is not None and 0 < record.exit_code < 256:
-                url = f"{spec.ping}/{record.exit_code}"
+                url = _ping_url(spec.ping, f"/{record.exit_code}")
             else:
-                url = f"{spec.ping}/fail"
+                url = _ping_url(spec.ping, "/fail")
             body = (record.output or "")[-PING_BODY_BYTES:].encode("utf-8", errors="replace")
             with self._lock:
                 start = self._start_pings.pop(record.id, None)
@@ -112,16 +217,17 @@ class Integrations:
             def end_ping() -> None:
                 # After the run's /start ping, never before it: healthchecks.io reads a /start
                 # that arrives after the success as a new run that never ends, and alerts. The
-                # pool is FIFO, so the /start task is already running or done: no deadlock.
+                # queue is FIFO, so the /start task is already running, done or dropped (then
+                # cancelled): no deadlock.
                 if start is not None:
                     wait([start], timeout=TRIES * (HTTP_TIMEOUT + 2))
                 _http(url, body, "text/plain; charset=utf-8")
 
-            self._submit(f"{spec.name}: ping {url}", end_ping)
+            self._submit(f"{spec.name}: ping {redact_url(url)}", end_ping)
         if spec.webhook and (ok or failed):
             payload = json.dumps(record.to_json(with_output=False)).encode()
             hook_url = spec.webhook
-            self._submit(f"{spec.name}: webhook {hook_url}", lambda: _http(hook_url, payload, "application/json"))
+            self._submit(f"{spec.name}: webhook {redact_url(hook_url)}", lambda: _http(hook_url, payload, "application/json"))
         if spec.notify is not None and not will_retry and status.finished and status is not RunStatus.SKIPPED:
             self._apprise(spec, record)
         command = None
@@ -186,17 +292,24 @@ class Integrations:
             os.unlink(output_file)
 
     def close(self, wait: float = 5.0) -> None:
-        """Let queued notifications finish for up to `wait` seconds, then drop the rest."""
-        done = threading.Event()
-
-        def drain() -> None:
-            self._pool.shutdown(wait=True)
-            done.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not done.wait(wait):
-            self._stop.set()
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Let queued notifications finish for up to `wait` seconds, then drop the rest and
+        say which were never sent."""
+        deadline = time.monotonic() + wait
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+            while (self._queue or self._busy) and (left := deadline - time.monotonic()) > 0:
+                self._ready.wait(left)
+            unsent = list(self._queue)
+            self._queue.clear()
+            busy = self._busy
+        self._stop.set()  # a retry waiting out its backoff gives up
+        for task in unsent:
+            task.future.cancel()
+        if unsent or busy:
+            names = "; ".join(t.what for t in unsent[:10]) + ("; …" if len(unsent) > 10 else "")
+            log.warning("notifications: stopping with %d not sent%s%s", len(unsent),
+                        f" and {busy} still being sent" if busy else "", f": {names}" if names else "")
 
 
 def notify_reasons(when: frozenset[NotifyWhen], record: RunRecord, before: RunStatus | None) -> set[NotifyWhen]:
@@ -250,7 +363,7 @@ def notification(spec: JobSpec, record: RunRecord, *, recovered: bool = False) -
 
 
 def _send_apprise(url: str, subject: str, body: str) -> None:
-    # Imported here: Apprise is an extra (`cronpy[notify]`), and loading its plugins takes ~100 ms.
+    # Imported here: Apprise is an extra (`cronpy-runner[notify]`), and loading its plugins takes ~100 ms.
     import apprise
 
     sender = apprise.Apprise()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cronpy.errors import LockHeld
+from cronpy.paths import PRIVATE_FILE_MODE, private_dir
 
 HOST = socket.gethostname()
 _PID = os.getpid()  # read once: a getpid() per lock per run showed up in issue #12's traces
@@ -68,13 +69,13 @@ class Lock:
     def _open(self) -> int:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC  # never O_TRUNC: it would erase the holder
         try:
-            return os.open(self.path, flags, 0o644)
+            return os.open(self.path, flags, PRIVATE_FILE_MODE)
         except FileNotFoundError:
             if self._dir_made:
                 raise
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             self._dir_made = True
-            return os.open(self.path, flags, 0o644)
+            return os.open(self.path, flags, PRIVATE_FILE_MODE)
 
     def acquire(self, *, wait: float = 0.0, run_id: int | None = None, now: datetime | None = None,
                 write_holder: bool = True) -> None:

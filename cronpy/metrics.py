@@ -22,7 +22,7 @@ class Metrics:
             from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
             from prometheus_client.core import GaugeMetricFamily
         except ImportError:
-            raise UsageError("--metrics-port needs prometheus-client: pip install 'cronpy[metrics]'") from None
+            raise UsageError("--metrics-port needs prometheus-client: pip install 'cronpy-runner[metrics]'") from None
         self.registry = CollectorRegistry()
         self.runs = Counter("cronpy_runs", "Finished runs by job and status.", ["job", "status"], registry=self.registry)
         self.duration = Histogram("cronpy_run_duration_seconds", "Duration of finished runs.", ["job"],
@@ -30,6 +30,9 @@ class Metrics:
         self.last_success = Gauge("cronpy_last_success_timestamp_seconds",
                                   "When the job's latest successful run finished (Unix time).", ["job"],
                                   registry=self.registry)
+        self.notifications_dropped = Counter(
+            "cronpy_notifications_dropped", "Pings, webhooks and hooks dropped because the endpoints were too "
+            "slow and the queue was full.", registry=self.registry)
         gauge_running = Gauge("cronpy_running", "Runs in progress.", registry=self.registry)
         gauge_running.set_function(lambda: float(running()))
 

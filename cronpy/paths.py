@@ -42,6 +42,24 @@ def resolve_state_dir(
     return Path(xdg) / "cronpy"
 
 
+def ensure_state_dir(path: Path) -> Path:
+    """Create the state dir if needed and check it is a writable directory; a UsageError
+    (exit 2, naming the dir and the fix) otherwise, never an OSError traceback."""
+    from cronpy.errors import UsageError
+
+    hint = ("choose a writable one with --state-dir, $CRONPY_STATE_DIR or the file's state_dir;"
+            " under systemd, StateDirectory= provides /var/lib/cronpy")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"state dir {path}: cannot create it: {exc.strerror or exc} ({hint})") from None
+    if not path.is_dir():
+        raise UsageError(f"state dir {path}: not a directory ({hint})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"state dir {path}: not writable by this user ({hint})")
+    return path
+
+
 def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -110,3 +128,74 @@ def _parse_yaml(text: str) -> Any:
         return yaml.load(text, Loader=safe_loader)
     except yaml.YAMLError:
         return None
+
+
+# The state dir holds job output (which may hold secrets), so it and everything in it are
+# private to the runner's user whatever the umask: 0700 directories, 0600 files.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: Path) -> None:
+    """Create directory `path` (and missing parents, under the umask) as 0700."""
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` empty as 0600 if it does not exist, so that what opens it next (SQLite,
+    which gives its -wal and -shm the database's mode) finds it private."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file, then rename) as a 0600 file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(text)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def secure_state_dir(state_dir: Path) -> list[str]:
+    """Make an existing state dir private again: itself and its subdirectories 0700, its files
+    0600 (a state dir made by an older cronpy, or by hand, was 0755 with 0644 files).
+
+    Returns what it changed, for the log; entries it does not own are left alone.
+    """
+    fixed: list[str] = []
+    uid = os.geteuid()
+
+    def fix(p: Path, mode: int) -> None:
+        try:
+            st = os.lstat(p)
+            if st.st_uid == uid and (st.st_mode & 0o777) & ~mode:
+                os.chmod(p, mode)
+                fixed.append(f"{p.name} {st.st_mode & 0o777:o}->{mode:o}")
+        except OSError:
+            pass  # gone meanwhile, or not ours: nothing to fix
+
+    if not state_dir.is_dir():
+        return fixed
+    fix(state_dir, PRIVATE_DIR_MODE)
+    for top in [state_dir, *(p for p in state_dir.iterdir() if p.is_dir() and not p.is_symlink())]:
+        if top != state_dir:
+            fix(top, PRIVATE_DIR_MODE)
+        for entry in top.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                fix(entry, PRIVATE_FILE_MODE)
+    return fixed

@@ -27,9 +27,9 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
-from cronpy.errors import CronpyError, HistoryError, LockHeld, NotLeader, RunNotFound, StoreUnreachable
+from cronpy.redact import redact_url as redact
+from cronpy.errors import CronpyError, HistoryError, LockHeld, NoHistory, NotLeader, RunNotFound, StoreUnreachable
 from cronpy.history import CLAIMED_TRIGGERS, COLUMNS, HOST, NewRun, result_json, run_filters, run_record
 from cronpy.locks import Holder
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
@@ -137,16 +137,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
-
 def _row(r: Sequence[Any]) -> RunRecord:
     return run_record(r, lambda t: t)  # psycopg returns timestamptz as aware datetimes
 
@@ -237,7 +227,7 @@ class PgStore:
     def __init__(self, url: str, *, lease: float = 10.0, readonly: bool = False, role: str = "client",
                  skew: tuple[float, float] | None = None) -> None:
         if psycopg is None:
-            raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy[postgres]'")
+            raise HistoryError(redact(url), "the PostgreSQL store needs psycopg: pip install 'cronpy-runner[postgres]'")
         self.url = url
         self.location = redact(url)
         self.lease = float(lease)
@@ -299,7 +289,7 @@ class PgStore:
         with self._db.use() as cur:
             cur.execute("SELECT to_regclass('cronpy.runs') IS NOT NULL")
             if not cur.fetchone()[0]:
-                raise HistoryError(self.location, "no history yet (no runner has used this database)")
+                raise NoHistory(self.location, "no history yet (no runner has used this database)")
 
     def close(self) -> None:
         self._stop.set()

@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cronpy.errors import CronpyError, HistoryError
 
@@ -29,6 +29,13 @@ RUN_COLUMNS = ("id, job, status, trigger, attempt, scheduled_for, started_at, fi
 SMALL_TABLES = {"paused": "job, since, host, pid", "cancel_requests": "run_id, at"}
 # Rowids are allocated upwards from 1; 2**62 bounds any id SQLite hands out in practice.
 MAX_ROWID = 2 ** 62
+# Rows read and written at a time: memory stays bounded (a run holds at most a 64 KiB output
+# tail) whatever the size of the history.
+BATCH = 2000
+# Failed reads before giving up on what is left: each isolates rows of a damaged page in
+# about log2(range) reads, so this is ample for hundreds of bad pages, and it bounds the time
+# (~1 s) when a page everything hangs from is gone.
+MAX_FAILURES = 100_000
 
 
 class NothingToRecover(CronpyError):
@@ -47,23 +54,32 @@ class Recovery:
     unreadable_ranges: list[tuple[int, int]] = field(default_factory=list)  #: rowid ranges lost
     tables_lost: list[str] = field(default_factory=list)
     was_ok: bool = False  #: integrity_check found nothing wrong before the move
+    #: the table's last pages were unreadable: runs with ids above this one may be lost
+    after: int | None = None
 
     @property
     def lost_estimate(self) -> int:
-        """Rowids inside the lost ranges that are below the highest salvaged one (a bound)."""
-        return sum(hi - lo for lo, hi in self.unreadable_ranges if hi < MAX_ROWID)
+        """Run ids inside the unreadable ranges (an upper bound on the runs lost there)."""
+        return sum(hi - lo for lo, hi in self.unreadable_ranges)
 
 
 def _salvage(src: sqlite3.Connection, table: str, columns: str, lo: int, hi: int,
-             out: list[tuple[Any, ...]], lost: list[tuple[int, int]]) -> None:
-    """Append the readable rows with lo <= rowid < hi to `out`; record unreadable ranges."""
+             lost: list[tuple[int, int]]) -> Iterator[list[tuple[Any, ...]]]:
+    """Yield the readable rows with lo <= rowid < hi, in rowid order, BATCH at a time (the
+    first column is the rowid); append the unreadable ranges to `lost`."""
     stack = [(lo, hi)]
+    failures = 0
     while stack:
         a, b = stack.pop()
         try:
-            rows = src.execute(f"SELECT {columns} FROM {table} WHERE rowid >= ? AND rowid < ? ORDER BY rowid",
-                               (a, b)).fetchall()
+            rows = src.execute(f"SELECT {columns} FROM {table} WHERE rowid >= ? AND rowid < ? ORDER BY rowid"
+                               f" LIMIT {BATCH}", (a, b)).fetchall()
         except sqlite3.DatabaseError:
+            failures += 1
+            if failures > MAX_FAILURES:  # a destroyed root or interior page: nothing more to find
+                lost.append((a, b))
+                lost.extend(stack)
+                return
             if b - a <= 1:
                 lost.append((a, b))
                 continue
@@ -71,7 +87,10 @@ def _salvage(src: sqlite3.Connection, table: str, columns: str, lo: int, hi: int
             stack.append((mid, b))  # popped second: rows stay in rowid order
             stack.append((a, mid))
             continue
-        out.extend(rows)
+        if len(rows) == BATCH:
+            stack.append((rows[-1][0] + 1, b))  # the rest of this range, next
+        if rows:
+            yield rows
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -116,35 +135,32 @@ def recover(state_dir: Path, now: datetime | None = None) -> Recovery:
     fresh = db.with_name("history.db.recovering")
     for leftover in (fresh, fresh.with_name(fresh.name + "-wal"), fresh.with_name(fresh.name + "-shm")):
         leftover.unlink(missing_ok=True)
-    runs: list[tuple[Any, ...]] = []
-    small: dict[str, list[tuple[Any, ...]]] = {}
     lost: list[tuple[int, int]] = []
     try:
         src = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
     except sqlite3.DatabaseError as exc:
         raise HistoryError(str(aside), f"cannot be opened at all ({exc}); it is kept there") from None
-    try:
-        _salvage(src, "runs", RUN_COLUMNS, 1, MAX_ROWID, runs, lost)
-        for table, columns in SMALL_TABLES.items():
-            try:
-                small[table] = src.execute(f"SELECT {columns} FROM {table}").fetchall()
-            except sqlite3.DatabaseError:
-                result.tables_lost.append(table)
-    finally:
-        src.close()
-    top = max((r[0] for r in runs), default=0)
-    # A range above the last salvaged row holds rows only if a page there was unreadable.
-    result.unreadable_ranges = [(a, min(b, top + 1) if a <= top else b) for a, b in _merge(lost)]
     History(fresh).close()  # the current schema, indexes and triggers
     out = sqlite3.connect(fresh, isolation_level=None)
+    top = 0
     try:
         out.execute("BEGIN")
         marks = ", ".join("?" * len(RUN_COLUMNS.split(", ")))
-        # OR IGNORE: a damaged page can leave a row that breaks the claim index's uniqueness.
-        cur = out.executemany(f"INSERT OR IGNORE INTO runs ({RUN_COLUMNS}) VALUES ({marks})", runs)
-        result.runs = cur.rowcount if cur.rowcount >= 0 else len(runs)
-        for table, rows in small.items():
-            columns = SMALL_TABLES[table]
+        try:  # the rightmost path of the table is intact: rowids end there
+            hi = int(src.execute("SELECT max(rowid) FROM runs").fetchone()[0] or 0) + 1
+        except sqlite3.DatabaseError:
+            hi = MAX_ROWID
+        for rows in _salvage(src, "runs", RUN_COLUMNS, 1, hi, lost):
+            # OR IGNORE: a damaged page can leave a row that breaks the claim index's uniqueness.
+            cur = out.executemany(f"INSERT OR IGNORE INTO runs ({RUN_COLUMNS}) VALUES ({marks})", rows)
+            result.runs += cur.rowcount if cur.rowcount >= 0 else len(rows)
+            top = rows[-1][0]
+        for table, columns in SMALL_TABLES.items():
+            try:
+                rows = src.execute(f"SELECT {columns} FROM {table}").fetchall()
+            except sqlite3.DatabaseError:
+                result.tables_lost.append(table)
+                continue
             out.executemany(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES "
                             f"({', '.join('?' * len(columns.split(', ')))})", rows)
         out.execute("COMMIT")
@@ -154,6 +170,12 @@ def recover(state_dir: Path, now: datetime | None = None) -> Recovery:
         out.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         out.close()
+        src.close()
+    ranges = _merge(lost)
+    if hi == MAX_ROWID:  # where the table ends is unknown: what lies past the last row read is not counted
+        result.after = top if any(b > top + 1 for _, b in ranges) else None
+        ranges = [(a, min(b, top + 1)) for a, b in ranges if a <= top]
+    result.unreadable_ranges = ranges
     os.replace(fresh, db)
     for suffix in ("-wal", "-shm"):
         fresh.with_name(fresh.name + suffix).unlink(missing_ok=True)

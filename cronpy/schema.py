@@ -101,7 +101,7 @@ def jobs_file_schema() -> dict[str, Any]:
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://pypi.org/project/cronpy/jobs.schema.json",
+        "$id": "https://pypi.org/project/cronpy-runner/jobs.schema.json",
         "title": "cronpy jobs file",
         "type": "object",
         "additionalProperties": False,

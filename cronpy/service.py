@@ -21,19 +21,20 @@ from types import FrameType
 from typing import Callable
 
 from cronpy.clock import Clock, StepDetector, SystemClock
-from cronpy.config import check_runnable, get_job, load_jobs
-from cronpy.paths import resolve_state_dir, resolve_store
+from cronpy.config import MAX_DURATION, check_runnable, get_job, load_jobs
+from cronpy.paths import private_dir, resolve_state_dir, resolve_store, secure_state_dir, write_private
+from cronpy.redact import RedactingFilter, redact_text, redact_url
 from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, EXIT_USAGE, ConfigError, CronpyError, HistoryDamaged, HistoryError,
-                           LockHeld, StoreUnreachable)
+                           LockHeld, RunNotFound, StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
 from cronpy.history import HOST
 from cronpy.integrations import Integrations
 from cronpy.locks import Holder, Locks
 from cronpy.notify import Notifier
 from cronpy import outputs
-from cronpy.models import DEFAULT_OUTPUT_MAX, JobSet, JobSpec, RunRecord, RunStatus
+from cronpy.models import DEFAULT_OUTPUT_MAX, Every, JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import MISFIRE_GRACE, Runner
-from cronpy.schedule import next_fire, parse_schedule, upcoming
+from cronpy.schedule import next_fire, parse_schedule
 from cronpy.stateguard import StateGuard
 from cronpy.store import JobLocks, Leadership, Store, open_store
 # Re-exported: `list` and `next` call service.describe; the web imports cronpy.words directly.
@@ -54,19 +55,29 @@ class _JournalFormatter(logging.Formatter):
 
 
 def setup_logging(verbose: bool = False) -> None:
+    from cronpy import logfmt
+
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if logfmt.FORMAT == "json":
+        handler.setFormatter(logfmt.JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    # Whatever a log line quotes (a ping URL, a store's connection error), no secret in it
+    # reaches the terminal or the journal.
+    handler.addFilter(RedactingFilter())
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
 
 
 def _print_line(job: str, line: str) -> None:
+    from cronpy import logfmt
+
+    text = logfmt.json_line("info", line, job=job, output=True) if logfmt.FORMAT == "json" else f"{job} | {line}"
     with _print_lock:
-        sys.stdout.write(f"{job} | {line}\n")
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
 
@@ -81,8 +92,10 @@ def _runner_alive(pid: int) -> bool:
         return True  # cannot tell (another user's process): assume it is alive
 
 
-def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], None] | None = None) -> None:
-    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once. SIGHUP: reload."""
+def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], None] | None = None, *,
+                     hangup_stops: bool = False) -> None:
+    """SIGTERM/SIGINT: stop gracefully; a second SIGINT stops at once. SIGHUP: reload, or
+    with `hangup_stops` (a foreground `trigger` whose terminal went away) stop like SIGTERM."""
     count = {"n": 0}
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -94,7 +107,9 @@ def _install_signals(on_stop: Callable[[bool], None], on_reload: Callable[[], No
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if on_reload is not None:
+    if hangup_stops:
+        signal.signal(signal.SIGHUP, stop)
+    elif on_reload is not None:
         signal.signal(signal.SIGHUP, lambda signum, frame: on_reload())
 
 
@@ -317,11 +332,9 @@ def _write_status(sd: Path, runner: Runner, jobs_file: str, since: datetime,
         "next": [{"job": d.job, "at": d.when.isoformat(), "trigger": d.trigger.value} for d in runner.upcoming(10)],
         "store": store, "history_behind": backlog,
     }
-    tmp = sd / f".{STATUS_FILE}.{os.getpid()}"
     try:
-        sd.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, sd / STATUS_FILE)
+        private_dir(sd)
+        write_private(sd / STATUS_FILE, json.dumps(data))
     except OSError as exc:
         log.debug("cannot write %s: %s", STATUS_FILE, exc)
 
@@ -332,6 +345,10 @@ def open_backend(jobs: JobSet, state_dir: Path | None, store: str | None = None,
     is given (--store, $CRONPY_STORE, the file's `store`), else SQLite and flock in the state dir."""
     sd = resolve_state_dir(str(state_dir) if state_dir else None, jobs.state_dir)
     url = resolve_store(store, jobs.store)
+    if not readonly:
+        fixed = secure_state_dir(sd)
+        if fixed:
+            log.warning("state dir %s: made private to this user (%s)", sd, ", ".join(fixed))
     history = open_store(url, sd, readonly=readonly, lease=jobs.leader_lease,
                          skew=(jobs.clock_skew_warning, jobs.clock_skew_limit))
     if url:
@@ -372,37 +389,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
                     boot=outputs.BootMarks(sd), writer=writer)
     if isinstance(clock, SystemClock):
         runner.steps = StepDetector()
-    if notifier.watchdog_interval is not None:
-        # The loop beats at least once per ping interval; a ping goes out only while the last
-        # beat is younger than two intervals, so a stuck loop (a hung reload, a blocked store)
-        # stops the pings and systemd restarts the service after WatchdogSec=.
-        interval = notifier.watchdog_interval
-        runner.max_sleep = interval
-        notifier.start_watchdog(lambda: runner.alive(2 * interval))
-    fatal: list[str] = []  # why this runner must stop and exit 2 (a state-dir error)
-
-    def on_damaged(exc: HistoryDamaged) -> None:
-        # A corrupt database never heals: stop (running jobs get their grace) and exit 2 with
-        # one clear error, instead of standing by and retrying in a loop.
-        fatal.append(str(exc))
-        runner.request_stop()
-
-    history.on_damaged = on_damaged  # type: ignore[attr-defined]
-    guard = None
-    if not history.fenced:
-        # The state dir deleted or swapped under us: this runner's flock and database are no
-        # longer the ones a new runner would use. Stop scheduling, loudly, and exit 2.
-        guard = StateGuard()
-        guard.watch(Path(history.location))
-
-        def on_state_lost(why: str) -> None:
-            log.error("the state dir %s was changed under this runner (%s): it no longer holds the scheduler"
-                      " lock or history there, so it stops scheduling now and exits with status 2 once its"
-                      " running jobs end; start it again to use the new state dir", sd, why)
-            fatal.append(f"the state dir {sd} was changed under this runner ({why})")
-            runner.request_stop()
-
-        guard.start(on_state_lost)
+    _start_watchdog(notifier, runner)
+    fatal, guard = _watch_faults(history, runner, sd)
     if history.fenced:
         history.on_lost = runner.wake.set  # type: ignore[attr-defined]
         history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
@@ -413,6 +401,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         metrics = Metrics(metrics_port, metrics_address, lambda: runner.active_count,
                           lambda: {j: t.timestamp() for j, t in runner.next_per_job().items()})
         runner.observers.append(metrics)
+        integrations.on_drop = metrics.notifications_dropped.inc
         log.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
     reloader = _Reloader(jobs_file, runner, notifier, clock, watch)
     _install_signals(lambda urgent: runner.request_stop(now=urgent), reloader.request)
@@ -496,6 +485,51 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     return 0
 
 
+def _start_watchdog(notifier: Notifier, runner: Runner) -> None:
+    """WATCHDOG=1 only while the scheduling loop itself is alive (see Runner.alive).
+
+    The loop beats at least once per ping interval; a ping goes out only while the last beat
+    is younger than two intervals, so a stuck loop (a hung reload, a blocked store) stops the
+    pings and systemd restarts the service after WatchdogSec=.
+    """
+    interval = notifier.watchdog_interval
+    if interval is None:
+        return
+    runner.max_sleep = interval
+    notifier.start_watchdog(lambda: runner.alive(2 * interval))
+
+
+def _watch_faults(history: Store, runner: Runner, sd: Path) -> tuple[list[str], StateGuard | None]:
+    """Faults after which this runner must stop and exit 2 (a state-dir error): a damaged
+    history database, or the state dir deleted or replaced under it. Returns the list their
+    reasons are appended to, and the guard to close (None with a fleet store)."""
+    fatal: list[str] = []
+
+    def on_damaged(exc: HistoryDamaged) -> None:
+        # A corrupt database never heals: stop (running jobs get their grace) and exit 2 with
+        # one clear error, instead of standing by and retrying in a loop.
+        fatal.append(str(exc))
+        runner.request_stop()
+
+    history.on_damaged = on_damaged  # type: ignore[attr-defined]
+    if history.fenced:
+        return fatal, None
+    # The state dir deleted or swapped under us: this runner's flock and database are no
+    # longer the ones a new runner would use. Stop scheduling, loudly, and exit 2.
+    guard = StateGuard()
+    guard.watch(Path(history.location))
+
+    def on_state_lost(why: str) -> None:
+        log.error("the state dir %s was changed under this runner (%s): it no longer holds the scheduler"
+                  " lock or history there, so it stops scheduling now and exits with status 2 once its"
+                  " running jobs end; start it again to use the new state dir", sd, why)
+        fatal.append(f"the state dir {sd} was changed under this runner ({why})")
+        runner.request_stop()
+
+    guard.start(on_state_lost)
+    return fatal, guard
+
+
 def _open_when_reachable(jobs: JobSet, state_dir: Path | None,
                          store: str | None) -> tuple[Store, JobLocks, Leadership, Path] | None:
     """open_backend, waiting (backing off up to 10 s) while a fleet store cannot be reached, as
@@ -547,10 +581,11 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
 
 
 def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | None = None, wait: float = 0.0,
-            chain: bool = False) -> int:
+            chain: bool = False, report: Callable[[RunRecord], None] | None = None) -> int:
     """`cronpy trigger`: run one job now through the runner's own path; return its exit status.
 
-    On a terminal the job's output streams under a line showing the elapsed time.
+    On a terminal the job's output streams under a line showing the elapsed time. With
+    `report` (`--json`), the run is passed to it and the job's output goes to stderr.
     """
     setup_logging()
     get_job(jobs, name)
@@ -558,13 +593,18 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
     history, locks, _, sd = open_backend(jobs, state_dir, store)
     with history:
         history.register_runner("trigger")
-        live = _LiveTrigger(name) if sys.stdout.isatty() else None
+        from cronpy import logfmt
+
+        live = _LiveTrigger(name) if sys.stdout.isatty() and report is None and logfmt.FORMAT == "text" else None
         integrations = Integrations(previous=_previous_status(history))
-        runner = Runner(jobs, history, locks, SystemClock(), output=live.line if live else _raw_line,
+        output = live.line if live else _err_line if report is not None else _raw_line
+        runner = Runner(jobs, history, locks, SystemClock(), output=output,
                         observers=[integrations], chains=chain, state_dir=sd)
         if history.fenced:
             history.on_cancel = runner.cancel_run  # type: ignore[attr-defined]
-        _install_signals(lambda urgent: runner.request_stop(now=True))
+        # A closed SSH session sends SIGHUP: the default action killed cronpy like kill -9 and
+        # left the run `running`; stop the job and record it as for SIGTERM instead.
+        _install_signals(lambda urgent: runner.request_stop(now=True), hangup_stops=True)
         try:
             if live:
                 live.start()
@@ -577,6 +617,8 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
         if run_id is None:
             return EXIT_LOCKED
         rec = history.get(run_id)
+        if report is not None:
+            report(rec)
         if chain and rec.job != name:
             # The chain's last run was a dependent; the exit status is the worst of the chain.
             failed = [r for r in history.query(since=rec.started_at, limit=None) if r.status is not RunStatus.SUCCESS
@@ -605,9 +647,19 @@ def _previous_status(history: Store) -> Callable[[str, int], RunStatus | None]:
 
 
 def _raw_line(job: str, line: str) -> None:
+    from cronpy import logfmt
+
+    if logfmt.FORMAT == "json":
+        return _print_line(job, line)
     with _print_lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def _err_line(job: str, line: str) -> None:
+    with _print_lock:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 class _LiveTrigger:
@@ -618,17 +670,34 @@ class _LiveTrigger:
 
         self.name = name
         self.console = Console()
-        self._status = self.console.status(f"{name}: running")
+        from rich.text import Text
+
+        # A job name is data, never markup (`[/x]` must not raise MarkupError).
+        self._status = self.console.status(Text(f"{name}: running"))
         self._stop = threading.Event()
         self._started = time.monotonic()
 
     def start(self) -> None:
+        # Log records print through the live console, above the spinner: written straight to
+        # stderr they would land on the spinner's line of the same terminal.
+        console = self.console
+
+        class _Above(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+
+        handler = _Above()
+        handler.setFormatter(log.handlers[0].formatter if log.handlers else None)
+        self._saved = log.handlers[:]
+        log.handlers[:] = [handler]
         self._status.start()
         threading.Thread(target=self._tick, daemon=True).start()
 
     def _tick(self) -> None:
         while not self._stop.wait(0.1):
-            self._status.update(f"{self.name}: running, {time.monotonic() - self._started:.1f}s")
+            from rich.text import Text
+
+            self._status.update(Text(f"{self.name}: running, {time.monotonic() - self._started:.1f}s"))
 
     def line(self, job: str, line: str) -> None:
         prefix = "" if job == self.name else f"{job} | "
@@ -637,8 +706,9 @@ class _LiveTrigger:
     def stop(self) -> None:
         self._stop.set()
         self._status.stop()
+        log.handlers[:] = getattr(self, "_saved", log.handlers)
         self.console.print(f"{self.name}: finished in {time.monotonic() - self._started:.1f}s", style="dim",
-                           highlight=False)
+                           highlight=False, markup=False)
 
 
 def _reading(jobs: JobSet, state_dir: Path | None, store: str | None) -> Store:
@@ -701,6 +771,8 @@ def next_for_expr(expr: str, tz: str, start: datetime, count: int,
     try:
         zone(tz)
         sched = parse_schedule(expr)
+        if isinstance(sched, Every) and sched.seconds > MAX_DURATION:
+            raise ValueError(f"an interval must be at most {MAX_DURATION / 86400:g}d, got {expr!r}")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return _next(JobSpec(name=name, schedule=sched, timezone=tz), start, count)
@@ -712,7 +784,17 @@ def _next(spec: JobSpec, start: datetime, count: int) -> tuple[list[datetime], s
     if start.tzinfo is None:
         start = start.replace(tzinfo=zone(spec.timezone))
     tz = zone(spec.timezone)
-    times = [t.astimezone(tz) for t in upcoming(spec, start, count)]
+    times: list[datetime] = []
+    t, anchor = start, None
+    while len(times) < count:
+        try:
+            nxt = next_fire(spec, t, anchor)
+        except (OverflowError, ValueError):  # past datetime's year 9999: the calendar ends here
+            break
+        if nxt is None:
+            break
+        times.append(nxt.astimezone(tz))
+        t = anchor = nxt
     words = describe(spec.schedule)
     if words:
         words = f"{words} ({spec.timezone})"
@@ -741,6 +823,8 @@ def cancel(jobs: JobSet, target: str, state_dir: Path | None, store: str | None 
     """`cronpy cancel NAME|RUN_ID`: TERM each matching run's process group, KILL after its grace."""
     with open_backend(jobs, state_dir, store)[0] as h:
         if target.isdigit():
+            if int(target) >= 2**63:  # past the store's 64-bit ids (SQLite raised OverflowError)
+                raise RunNotFound(int(target))
             rec = h.get(int(target))
             if rec.status is not RunStatus.RUNNING:
                 raise NothingToDo(f"run {rec.id} of {rec.job} is not running (it is {rec.status.value})")
@@ -811,6 +895,9 @@ def recover(sd: Path) -> list[str]:
         spans = ", ".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in done.unreadable_ranges[:10])
         more = f" and {len(done.unreadable_ranges) - 10} more" if len(done.unreadable_ranges) > 10 else ""
         lines.append(f"unreadable, lost: run ids {spans}{more} (up to {done.lost_estimate} run(s))")
+    if done.after is not None:
+        lines.append("unreadable, lost: every run (the runs table's first page is gone)" if done.after == 0 and
+                     not done.runs else f"unreadable, lost: the end of the runs table (runs after id {done.after})")
     for table in done.tables_lost:
         lines.append(f"unreadable, lost: the {table} table ({'paused jobs' if table == 'paused' else 'cancel requests'})")
     return lines
@@ -874,7 +961,7 @@ def status(file: Path | None, state_dir: Path | None, store: str | None = None) 
 
 
 def _fleet_status(url: str, sd: Path) -> Status:
-    from cronpy.pgstore import PgStore, redact
+    from cronpy.pgstore import PgStore
 
     local = _local_runner(sd)
     try:
@@ -884,4 +971,5 @@ def _fleet_status(url: str, sd: Path) -> Status:
                           h.query(status=RunStatus.FAILED, limit=5) + h.query(status=RunStatus.TIMEOUT, limit=5),
                           h.paused(), store=h.location, fleet=h.fleet())
     except HistoryError as exc:
-        return Status(sd, None, False, local, [], [], {}, store=redact(url), store_error=str(exc))
+        return Status(sd, None, False, local, [], [], {}, store=redact_url(url),
+                      store_error=redact_text(str(exc)))

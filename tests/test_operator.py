@@ -278,7 +278,7 @@ def test_stats_draws_outcomes_and_durations_on_a_terminal_and_plain_text_when_pi
     assert any(ch in screen for ch in "▁▂▃▄▅▆▇█")
     assert "\x1b[" in screen  # coloured
     piped = cronpy("stats", "-f", str(path)).stdout
-    assert "●" not in piped and "\x1b[" not in piped and piped.startswith("job\truns")
+    assert "●" not in piped and "\x1b[" not in piped and piped.startswith("job\thealth\truns")
 
 
 def test_trigger_on_a_terminal_shows_elapsed_time_and_streams_output(jobs_file) -> None:

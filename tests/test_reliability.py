@@ -254,7 +254,7 @@ def test_the_sample_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> N
         assert line in unit, line
     # verify checks that ExecStart's binary exists: point it at this environment's cronpy.
     binary = shutil.which("cronpy") or str(Path(sys.executable).parent / "cronpy")
-    local = unit.replace("/usr/local/bin/cronpy", binary).replace("WorkingDirectory=/etc/cronpy", f"WorkingDirectory={tmp_path}")
+    local = unit.replace("/opt/cronpy/bin/cronpy", binary).replace("WorkingDirectory=/etc/cronpy", f"WorkingDirectory={tmp_path}")
     (tmp_path / "cronpy.service").write_text(local)
     result = subprocess.run([analyze, "verify", str(tmp_path / "cronpy.service")], capture_output=True, text=True,
                             timeout=60)

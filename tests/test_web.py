@@ -328,6 +328,22 @@ def test_a_kept_output_is_shown_whole(tmp_path: Path, web: Callable[..., Web], t
     assert tab.errors == []
 
 
+def test_a_dashboard_started_before_the_first_run_fills_in_live(tmp_path: Path, web: Callable[..., Web],
+                                                               tab: Tab) -> None:
+    jobs = write_jobs(tmp_path, BASIC)
+    w = web(jobs)
+    assert w.json("/healthz") == {"ok": True, "store": "empty"}
+    tab.page.goto(w.url + "/")
+    assert "No history yet" in tab.page.inner_text("#banners")
+    tab.page.evaluate("window.__sameDocument = true")
+    trigger(jobs, "broken")
+    expect(tab.page.locator("#live")).to_contain_text("failed", timeout=15_000)
+    expect(tab.page.locator("#banners")).not_to_contain_text("No history yet", timeout=15_000)
+    assert tab.page.evaluate("window.__sameDocument") is True
+    assert w.json("/healthz") == {"ok": True, "store": "readable"}
+    assert tab.errors == []
+
+
 def test_the_login_form_lets_a_browser_in_with_the_token(tmp_path: Path, web: Callable[..., Web], tab: Tab) -> None:
     jobs = write_jobs(tmp_path, BASIC)
     w = web(jobs, "--token", "s3cret-token")
@@ -399,7 +415,7 @@ def test_requests_without_the_token_get_401(tmp_path: Path, web: Callable[..., W
         status, headers, body = w.get(path)
         assert status == 401, path
         assert headers["www-authenticate"].startswith("Bearer")
-        assert "echo hello" not in body and "Says hello" not in body
+        assert "echo hello" not in body and "Says hello" not in body and "history.db" not in body
         assert w.get(path, headers={"Authorization": "Bearer wrong"})[0] == 401
         assert w.get(path, headers={"Authorization": "Bearer t0ken"})[0] == 200, path
     assert w.get("/healthz")[0] == 200  # for probes: says only whether the store is readable
@@ -493,6 +509,18 @@ def test_the_jobs_page_sorts_and_filters(tmp_path: Path, web: Callable[..., Web]
     assert order("?sort=next")[-1] == "idle"  # no next run: last, whichever the direction
     assert order("?sort=next&dir=desc")[-1] == "idle"
     assert w.get("/?sort=bogus")[0] == 400
+
+
+def test_an_edited_jobs_file_is_read_again_and_a_broken_one_keeps_the_last_jobs(
+        tmp_path: Path, web: Callable[..., Web]) -> None:
+    jobs = write_jobs(tmp_path, BASIC)
+    w = web(jobs)
+    jobs.write_text(jobs.read_text() + "  extra:\n    command: 'true'\n")
+    assert "extra" in [j["job"] for j in w.json("/api/jobs")]
+    jobs.write_text(jobs.read_text() + "  broken2: {schedule: 'not a schedule', command: x}\n")
+    status, _, html = w.get("/")
+    assert status == 200 and "The jobs file no longer validates" in html and "broken2" in html
+    assert [j["job"] for j in w.json("/api/jobs")] == ["broken", "extra", "idle", "ok"]
 
 
 def test_the_web_layer_imports_neither_the_runner_nor_the_service() -> None:

@@ -492,7 +492,8 @@ class Runner:
                 lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
                 if not isinstance(result, (Claimed, Unrecorded)):
                     if isinstance(result, Taken):
-                        log.info("%s: instant %s already claimed by another runner; not running it",
+                        log.info("%s: instant %s already claimed (by another runner, or before the wall clock"
+                                 " was stepped back); not running it",
                                  d.job, d.scheduled_for.isoformat())
                     if lock is not None and lock is not self._prelocked.get(d.job):
                         self._release(lock)

@@ -33,7 +33,7 @@ def serve(file: str | None, state_dir: str | None, store: str | None, *, host: s
         from cronpy.web.data import Dashboard
     except ImportError as exc:
         raise UsageError(f"cronpy web needs the `web` extra ({exc.name} is missing):"
-                         " pip install 'cronpy[web]'") from None
+                         " pip install 'cronpy-runner[web]'") from None
     if not is_loopback(host) and token is None:
         raise UsageError(f"--host {host} is not a loopback address: anyone who can reach it could read the"
                          " history, so give --token (or set CRONPY_WEB_TOKEN)")
@@ -70,6 +70,9 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
+        # Listening now, so the printed URL takes connections at once (the kernel queues them
+        # until uvicorn accepts); uvicorn listens again on the same socket, which is harmless.
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise UsageError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None

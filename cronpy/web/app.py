@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cronpy import reads
 from cronpy.durations import format_duration, parse_since
 from cronpy.errors import HistoryError, RunNotFound
 from cronpy.models import RunRecord, RunStatus
@@ -130,11 +131,9 @@ def job_json(row: JobRow) -> dict[str, Any]:
         "kind": spec.kind if spec else None, "description": spec.description if spec else None,
         "next_run": _iso(row.next_run) or None,
         "last_status": row.last.status.value if row.last else None,
-        "runs": s.runs if s else 0, "successes": s.successes if s else 0, "failures": s.failures if s else 0,
-        "timeouts": s.timeouts if s else 0, "success_rate": s.success_rate if s else None,
-        "mean": s.mean if s else None, "p50": s.p50 if s else None, "p95": s.p95 if s else None,
-        "max": s.max if s else None, "last_run": _iso(s.last_started) or None if s else None,
-        "health": s.health if s else "unknown",
+        # The fields of `cronpy stats --json`, computed by the same code (runs after retries, health).
+        **{k: v for k, v in reads.job_health(row.name, s or reads.never_ran(row.name), row.window)
+           .to_json(row.next_run).items() if k not in ("job", "next_run", "last_status")},
         "in_jobs_file": spec is not None,
     }
 
@@ -202,12 +201,16 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         env.get_template(template)  # compile now, not in the first request
     session = hmac.new(token.encode(), b"cronpy web login", hashlib.sha256).hexdigest() if token else None
 
-    def page(request: Request, template: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+    def page(request: Request, template: str, status_code: int = 200, *, public: bool = False,
+             **ctx: Any) -> HTMLResponse:
+        """Render a page; a `public` one (the login form) names no file, store or job."""
         now = dash.clock.now()
-        html = env.get_template(template).render(
-            request=request, now=now, rel=lambda dt: _relative(dt, now), config_error=dash.config_error,
-            store_error=dash.store_error, location=dash.location, jobs_file=shown_path(dash.path),
-            zone=now.astimezone().tzname(), **ctx)
+        about: dict[str, Any] = dict(config_error=None, store_error=None, no_history=False, location="", jobs_file="")
+        if not public:
+            about = dict(config_error=dash.config_error, store_error=dash.store_error, no_history=dash.no_history,
+                         location=dash.location, jobs_file=shown_path(dash.path))
+        html = env.get_template(template).render(request=request, now=now, rel=lambda dt: _relative(dt, now),
+                                                 zone=now.astimezone().tzname(), **about, **ctx)
         return HTMLResponse(html, status_code)
 
     def authorized(request: Request) -> bool:
@@ -228,8 +231,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
                 response = JSONResponse({"error": "a token is required (Authorization: Bearer …)"}, 401,
                                         headers={"WWW-Authenticate": 'Bearer realm="cronpy"'})
             else:
-                response = page(request, "login.html", 401, next=_next_url(request.url.path, request.url.query),
-                                wrong=False)
+                response = page(request, "login.html", 401, public=True,
+                                next=_next_url(request.url.path, request.url.query), wrong=False)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="cronpy"'
         else:
             response = await call_next(request)
@@ -315,8 +318,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
-            return page(request, "login.html", next=_next_url(request.query_params.get("next", "/"), ""),
-                        wrong=False)
+            return page(request, "login.html", public=True,
+                        next=_next_url(request.query_params.get("next", "/"), ""), wrong=False)
         body = await request.body()
         form = parse_qs(body[:4096].decode("utf-8", "replace"))
         given = (form.get("token") or [""])[0]
@@ -324,7 +327,7 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         if token is None or session is None:
             return RedirectResponse(target, 303)
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return page(request, "login.html", 401, next=target, wrong=True)
+            return page(request, "login.html", 401, public=True, next=target, wrong=True)
         response = RedirectResponse(target, 303)
         response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
@@ -366,7 +369,8 @@ def create_app(dash: Dashboard, *, token: str | None = None, loopback_only: bool
         except HistoryError:
             pass
         ok = dash.store_error is None
-        return JSONResponse({"ok": ok, "store": "readable" if ok else "unreadable"}, 200 if ok else 503)
+        state = "empty" if dash.no_history else "readable" if ok else "unreadable"
+        return JSONResponse({"ok": ok, "store": state}, 200 if ok else 503)
 
     async def error(request: Request, exc: Exception) -> Response:
         code = exc.status_code if isinstance(exc, HTTPException) else 503

@@ -12,7 +12,7 @@ import json
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from cronpy.clock import Clock, SystemClock
 from cronpy.errors import CronpyError, HistoryError
 from cronpy.models import JobSet, JobSpec, JobStats, RunRecord, RunStatus
+from cronpy.reads import RUN_WINDOW
 from cronpy.paths import file_setting, file_state_dir, find_jobs_file, resolve_state_dir, resolve_store
 from cronpy.schedule import next_fire
 from cronpy.store import Store, open_store
@@ -49,6 +50,8 @@ class JobRow:
     paused_since: datetime | None
     stats: JobStats | None
     recent: list[RunRecord]  #: the latest runs, oldest first (outcome strip and sparkline)
+    #: the latest reads.RUN_WINDOW attempts, oldest first: runs after retries and health, as `cronpy stats`
+    window: list[RunRecord] = field(default_factory=list)
 
     @property
     def last(self) -> RunRecord | None:
@@ -128,6 +131,7 @@ class Dashboard:
         self.config_error: str | None = None
         self._store: Store | None = None
         self.store_error: str | None = None
+        self.no_history = False  #: the state dir has no history.db yet (nothing has run)
         self._words: dict[str, str | None] = {}
 
     @property
@@ -159,7 +163,11 @@ class Dashboard:
     def store(self) -> Iterator[Store | None]:
         """The store, or None while it cannot be opened (`store_error` says why)."""
         with self._lock:
-            if self._store is None:
+            self.no_history = False
+            if self._store is None and not self.url and not (self.state_dir / "history.db").exists():
+                # Nothing has run with this state dir yet: an empty history, not a fault.
+                self.no_history, self.store_error = True, None
+            elif self._store is None:
                 try:
                     self._store = open_store(self.url, self.state_dir, readonly=True)
                     self.store_error = None
@@ -210,7 +218,9 @@ class Dashboard:
                 paused = h.paused()
                 anchors = h.last_scheduled_many(list(jobs.jobs))
             names = sorted(set(jobs.jobs) | set(counts)) if h is not None else sorted(jobs.jobs)
-            recent = {n: list(reversed(h.query(n, limit=RECENT))) for n in names} if h is not None else {}
+            window = ({n: list(reversed(h.query(n, limit=max(RECENT, RUN_WINDOW)))) for n in names}
+                      if h is not None else {})
+            recent = {n: w[-RECENT:] for n, w in window.items()}
             stats = {n: _stats(n, c, recent.get(n, [])) for n, c in counts.items()} if h is not None else {}
             if durations and h is not None:
                 stats = {st.job: st for st in h.stats()}
@@ -221,7 +231,7 @@ class Dashboard:
             if spec is not None and spec.enabled and name not in paused:
                 nxt = next_fire(spec, now, anchors.get(name))
             rows.append(JobRow(name, spec, self.words(spec) if spec else None, nxt, paused.get(name),
-                               stats.get(name), recent.get(name, [])))
+                               stats.get(name), recent.get(name, []), window.get(name, [])))
         return rows
 
     def job(self, name: str) -> tuple[JobSpec | None, JobStats | None, datetime | None, list[datetime]]:

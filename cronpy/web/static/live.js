@@ -57,6 +57,8 @@
             if (was[i] && was[i].open) d.open = true;
           });
           old.replaceWith(document.adoptNode(fresh));
+          var banners = doc.getElementById("banners"), shown = document.getElementById("banners");
+          if (banners && shown) shown.replaceWith(document.adoptNode(banners));
           document.title = doc.title;
         }
         tick();

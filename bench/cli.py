@@ -1,0 +1,74 @@
+"""Start-up of the read-only commands and completion, side by side with `python -c pass`.
+
+    python bench/cli.py [--rows N] [--runs N]
+
+Each command is a whole process (the `cronpy` console script of the active environment), run
+`--runs` times after one warm-up; the table gives the median and the fastest wall time. The
+history is generated through cronpy's own schema (`--rows`, default 100,000 over 50 jobs), as
+bench/run.py does. Targets (issue #16): history, stats and job-name completion <= 60 ms,
+--help <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import make_history  # noqa: E402  (bench/run.py: the same generated history)
+
+
+def wall(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd, check=False)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=21)
+    opts = ap.parse_args()
+    exe = shutil.which("cronpy")
+    if exe is None:
+        sys.exit("no `cronpy` on PATH: activate the environment it is installed in")
+    with tempfile.TemporaryDirectory() as tmp_:
+        tmp = Path(tmp_)
+        (tmp / "jobs.yaml").write_text("state_dir: state\njobs:\n" + "".join(
+            f"  job{i:03d}: {{schedule: '*/5 * * * *', command: 'true'}}\n" for i in range(50)))
+        make_history(tmp / "state" / "history.db", opts.rows)
+        env = dict(os.environ, CRONPY_FILE=str(tmp / "jobs.yaml"))
+        env.pop("CRONPY_STATE_DIR", None)
+        complete = dict(env, _CRONPY_COMPLETE="bash", _CRONPY_INCOMPLETE="job00")
+        cases: list[tuple[str, list[str], dict[str, str], int | None]] = [
+            ("python -c pass", [sys.executable, "-c", "pass"], env, None),
+            ("cronpy history --limit 20", [exe, "history", "--limit", "20"], env, 60),
+            ("cronpy history job007 --status failed -n 20", [exe, "history", "job007", "--status", "failed",
+                                                             "-n", "20"], env, 60),
+            ("cronpy stats", [exe, "stats"], env, 60),
+            ("completion: cronpy trigger job00<Tab>", [exe, "trigger"], complete, 60),
+            ("cronpy --help", [exe, "--help"], env, 100),
+            ("cronpy history --help", [exe, "history", "--help"], env, 100),
+        ]
+        print(f"{opts.rows:,} rows, {opts.runs} runs each, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+        print(f"{'command':<48} {'median':>8} {'min':>8} {'target':>8}")
+        worst = 0
+        for name, cmd, e, target in cases:
+            wall(cmd, e, tmp)
+            times = [wall(cmd, e, tmp) * 1000 for _ in range(opts.runs)]
+            med = statistics.median(times)
+            mark = "" if target is None else f"{target} ms" + (" MISSED" if med > target else "")
+            worst |= target is not None and med > target
+            print(f"{name:<48} {med:>6.1f}ms {min(times):>6.1f}ms {mark:>8}")
+    return 1 if worst else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
