@@ -384,7 +384,8 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     integrations = Integrations(previous=_previous_status(history))
     # The store writer's own connection: a write waiting on a busy or broken store must not
     # hold the connection the loop claims through.
-    writer = open_backend(jobs, state_dir, store)[0]
+    writer = open_store(resolve_store(store, jobs.store), sd, lease=jobs.leader_lease,
+                        skew=(jobs.clock_skew_warning, jobs.clock_skew_limit))
     runner = Runner(jobs, history, locks, clock, output=_print_line, observers=[integrations], state_dir=sd,
                     boot=outputs.BootMarks(sd), writer=writer)
     if isinstance(clock, SystemClock):
