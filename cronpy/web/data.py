@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 from cronpy.clock import Clock, SystemClock
 from cronpy.errors import CronpyError, HistoryError
 from cronpy.models import JobSet, JobSpec, JobStats, RunRecord, RunStatus
 from cronpy.reads import RUN_WINDOW
+from cronpy.redact import redact_text, redact_url
 from cronpy.paths import file_setting, file_state_dir, find_jobs_file, resolve_state_dir, resolve_store
 from cronpy.schedule import next_fire
 from cronpy.store import Store, open_store
@@ -99,15 +99,6 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def redact_url(url: str) -> str:
-    """A URL without the password of its userinfo (ping, webhook and store URLs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, host = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
-
-
 class Dashboard:
     """The jobs file and the store of one `cronpy web`, shared by every request.
 
@@ -156,7 +147,7 @@ class Dashboard:
                     self._jobs = load_jobs(self.path, now=self.clock.now())
                     self.config_error = None
                 except CronpyError as exc:
-                    self.config_error = f"{exc} (showing the jobs as last read)"
+                    self.config_error = redact_text(f"{exc} (showing the jobs as last read)")
             return self._jobs
 
     @contextmanager
@@ -172,14 +163,14 @@ class Dashboard:
                     self._store = open_store(self.url, self.state_dir, readonly=True)
                     self.store_error = None
                 except HistoryError as exc:
-                    self.store_error = str(exc)
+                    self.store_error = redact_text(str(exc))
             st = self._store
         try:
             yield st
         except HistoryError as exc:
             # Reopen on the next request: the database may have been replaced or restarted.
             with self._lock:
-                self.store_error = str(exc)
+                self.store_error = redact_text(str(exc))
                 if self._store is st and st is not None:
                     self._store = None
                     st.close()
@@ -358,7 +349,7 @@ class Dashboard:
                     if callable(fleet):
                         result.fleet = fleet()
         except HistoryError as exc:
-            result.store_error = str(exc)
+            result.store_error = redact_text(str(exc))
             anchors = {}
         if not self.url:
             result.scheduler = self._scheduler_lock()
