@@ -8,6 +8,7 @@ libfaketime (Debian's) to step the clock of a running process.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sqlite3
 import time
