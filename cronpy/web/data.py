@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
+from cronpy.redact import redact_url  # re-exported for app.py: the one redaction (ping, webhook, store)
 from cronpy.clock import Clock, SystemClock
 from cronpy.errors import CronpyError, HistoryError
 from cronpy.models import JobSet, JobSpec, JobStats, RunRecord, RunStatus
@@ -97,15 +97,6 @@ def shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(path)
-
-
-def redact_url(url: str) -> str:
-    """A URL without the password of its userinfo (ping, webhook and store URLs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, host = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
 
 
 class Dashboard:
