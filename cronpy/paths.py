@@ -50,7 +50,7 @@ def ensure_state_dir(path: Path) -> Path:
     hint = ("choose a writable one with --state-dir, $CRONPY_STATE_DIR or the file's state_dir;"
             " under systemd, StateDirectory= provides /var/lib/cronpy")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)  # 0700 from the start: it will hold job output
     except OSError as exc:
         raise UsageError(f"state dir {path}: cannot create it: {exc.strerror or exc} ({hint})") from None
     if not path.is_dir():
