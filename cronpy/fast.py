@@ -169,9 +169,9 @@ def parse(cmd: Cmd, argv: list[str]) -> dict[str, Value] | None:
 
 def _convert(kind: str, raw: str) -> Value:
     if kind == INT:
-        # Decimal digits only, bounded: anything else gets Typer's message (and the input
-        # engineer's bounds).
-        if not raw.isdigit() or len(raw) > 18:
+        # Decimal digits in 1..10,000,000 only: anything else (0, a huge --limit or run id)
+        # goes to Typer, which applies cli.py's bounds and prints their message.
+        if not raw.isdigit() or len(raw) > 8 or not 1 <= int(raw) <= 10_000_000:
             return None
         return int(raw)
     if kind == FLOAT:

@@ -250,11 +250,15 @@ class JobStats:
     @property
     def health(self) -> str:
         """healthy at >= 95 % success, warning at >= 80 %, else unhealthy; unknown with no runs."""
-        rate = self.success_rate
-        if rate is None:
-            return "unknown"
-        if rate >= 0.95:
-            return "healthy"
-        if rate >= 0.80:
-            return "warning"
-        return "unhealthy"
+        return health_of(self.success_rate)
+
+
+def health_of(rate: float | None) -> str:
+    """healthy at >= 95 % success, warning at >= 80 %, else unhealthy; unknown without a rate."""
+    if rate is None:
+        return "unknown"
+    if rate >= 0.95:
+        return "healthy"
+    if rate >= 0.80:
+        return "warning"
+    return "unhealthy"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from cronpy.errors import CronpyError, NoHistory, UsageError
-from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
+from cronpy.models import JobStats, RunRecord, RunStatus, Trigger, health_of
 
 if TYPE_CHECKING:
     from cronpy.models import JobSet
@@ -181,14 +181,7 @@ class JobHealth:
     def health(self) -> str:
         """healthy at >= 95 % of runs succeeding, warning at >= 80 %, else unhealthy; unknown
         when no run has finished."""
-        rate = self.run_success_rate
-        if rate is None:
-            return "unknown"
-        if rate >= 0.95:
-            return "healthy"
-        if rate >= 0.80:
-            return "warning"
-        return "unhealthy"
+        return health_of(self.run_success_rate)
 
     def to_json(self, next_run: datetime | None) -> dict[str, Any]:
         """`stats --json`: the attempt figures keep their names from before runs were counted

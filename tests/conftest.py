@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -200,3 +201,26 @@ def pid_gone(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
+
+
+def runner(jobs: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """A real `cronpy run JOBS` in the background, its stderr appended to `log`."""
+    full = dict(os.environ)
+    full.pop("CRONPY_STATE_DIR", None)
+    full.update(env or {})
+    err = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "cronpy", "run", str(jobs), *extra],
+                            stdout=subprocess.DEVNULL, stderr=err, env=full, cwd=jobs.parent)
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    """Rows of `sql` on a SQLite file, [] while it does not exist or cannot answer yet."""
+    if not db.exists():
+        return []
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()

@@ -325,10 +325,21 @@ class Result:
 
 
 def _transition_near(tz: ZoneInfo, t: datetime, span: timedelta) -> datetime | None:
-    lo, hi = t - span, t + span
-    for tr in transitions(tz.key):
-        if lo <= tr <= hi:
-            return tr
+    """The first offset change within `span` of `t` (any year), to the second."""
+    probe, step = t - span, timedelta(minutes=15)
+    prev = probe.astimezone(tz).utcoffset()
+    while probe < t + span:
+        nxt = probe + step
+        if nxt.astimezone(tz).utcoffset() != prev:
+            lo, hi = int(probe.timestamp()), int(nxt.timestamp())
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if datetime.fromtimestamp(mid, tz).utcoffset() == prev:
+                    lo = mid
+                else:
+                    hi = mid
+            return datetime.fromtimestamp(hi, UTC)
+        probe = nxt
     return None
 
 
@@ -343,7 +354,9 @@ def _classify_cronsim(s: Sample, tz: ZoneInfo, ours: datetime | None, theirs: da
             return "cronsim gives up after 50 years"
         if theirs == "refused" and ours is None:
             return "both: no instant (cronsim refuses a date no month has)"
-        return "unclassified"
+        if theirs != "gave up" or ours is None:
+            return "unclassified"
+        # cronsim gave up although cronpy found an instant: judged by the DST reasons below.
     if re.search(r"(?<![\d/])(\d+)-\1/\d+", s.expr):
         return "cronsim: N-N/S walks on from N (cron(8): just N)"
     fixed = not (texts[0].startswith("*") or texts[1].startswith("*"))
@@ -352,13 +365,17 @@ def _classify_cronsim(s: Sample, tz: ZoneInfo, ours: datetime | None, theirs: da
         verdict = "no cron(8) verdict: Quartz syntax"
     elif cron8 and cron8[0] == ours:
         verdict = "cron(8) sim agrees with cronpy"
-    elif not cron8 and theirs <= end:
+    elif not cron8 and not isinstance(theirs, str) and theirs <= end:
         verdict = "cron(8) sim agrees with cronpy: nothing in the window"
-    elif cron8 and cron8[0] == theirs:
+    elif cron8 and not isinstance(theirs, str) and cron8[0] == theirs:
         verdict = "cron(8) sim agrees with CRONSIM"
     else:
         verdict = "no cron(8) verdict: beyond the window"
-    near = _transition_near(tz, min(theirs, ours) if ours else theirs, timedelta(hours=26))
+    if isinstance(theirs, str):
+        verdict = f"cronsim gave up; {verdict}"
+    ref = ours if isinstance(theirs, str) else (min(theirs, ours) if ours else theirs)
+    assert ref is not None
+    near = _transition_near(tz, ref, timedelta(hours=26))
     if near is not None:
         before, after = (near - timedelta(seconds=1)).astimezone(tz), near.astimezone(tz)
         shift = (after.utcoffset() - before.utcoffset()).total_seconds()  # type: ignore[operator]

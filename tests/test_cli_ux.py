@@ -341,13 +341,56 @@ def test_bash_completes_through_the_committed_script(jobs_file, tmp_path: Path) 
     assert out.stdout.splitlines() == ["backup beat", "history"], out.stderr
 
 
-def test_zsh_script_completes_on_the_first_tab_when_autoloaded() -> None:
-    text = (REPO / "completions" / "_cronpy").read_text()
-    # Autoloaded from $fpath, the file's body runs as the function _cronpy: it must complete
-    # then (not only register itself with compdef, which costs a second Tab).
-    assert text.startswith("#compdef cronpy\n") and '_cronpy "$@"' in text
-    fish = (REPO / "completions" / "cronpy.fish").read_text()
-    assert fish.count("cronpy $words") == 1  # one cronpy process per Tab
+def counting_cronpy(tmp_path: Path) -> tuple[Path, Path]:
+    """A `cronpy` on PATH that counts its calls, then runs this checkout's."""
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+    (bindir / "cronpy").write_text(f"#!/bin/sh\necho x >> {calls}\nexec {sys.executable} -m cronpy \"$@\"\n")
+    (bindir / "cronpy").chmod(0o755)
+    return bindir, calls
+
+
+def test_zsh_completes_on_the_first_tab_when_autoloaded_from_fpath(tmp_path: Path) -> None:
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        pytest.skip("zsh is not installed (Debian package zsh)")
+    bindir, calls = counting_cronpy(tmp_path)
+    fpath = tmp_path / "fpath"
+    fpath.mkdir()
+    shutil.copy(REPO / "completions" / "_cronpy", fpath / "_cronpy")
+    (tmp_path / "jobs.yaml").write_text("jobs:\n  backup: {command: x}\n  beat: {command: y}\n")
+    # A real interactive zsh on a pty (zsh/zpty), compinit as a user's .zshrc runs it, one Tab.
+    script = f"""
+        zmodload zsh/zpty
+        zpty z 'zsh -f -i'
+        zpty -w z 'PATH={bindir}:$PATH; fpath=({fpath} $fpath); autoload -Uz compinit; compinit -u -D; cd {tmp_path}'
+        zpty -w -n z $'cronpy trigger b\\t'
+        out=""
+        for i in {{1..80}}; do
+          zpty -r -t z chunk && out+=$chunk
+          [[ $out == *backup*beat* ]] && break
+          sleep 0.1
+        done
+        zpty -d z
+        print -r -- "$out"
+    """
+    out = subprocess.run([zsh, "-f", "-c", script], capture_output=True, text=True, timeout=60)
+    assert "backup" in out.stdout and "beat" in out.stdout, out.stdout[-1000:]
+    assert calls.read_text().count("x") == 1  # one cronpy process for the Tab
+
+
+def test_fish_runs_cronpy_once_per_tab(tmp_path: Path) -> None:
+    fish = shutil.which("fish")
+    if fish is None:
+        pytest.skip("fish is not installed (Debian package fish)")
+    bindir, calls = counting_cronpy(tmp_path)
+    (tmp_path / "jobs.yaml").write_text("jobs:\n  backup: {command: x}\n  beat: {command: y}\n")
+    out = subprocess.run([fish, "-c", f"source {REPO / 'completions' / 'cronpy.fish'}; cd {tmp_path};"
+                          " complete -C 'cronpy trigger b'; complete -C 'cronpy history --status c'"],
+                         capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))
+    assert out.stdout.splitlines() == ["backup\tjob", "beat\tjob", "cancelled"], out.stderr
+    assert calls.read_text().count("x") == 2  # two Tabs, one cronpy each
 
 
 def test_the_option_table_of_the_fast_path_matches_the_typer_app() -> None:

@@ -8,44 +8,20 @@ libfaketime (Debian's) to step the clock of a running process.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import cronpy, stop, wait_for
+from conftest import cronpy, query, runner, stop, wait_for
 
 
 pytestmark = pytest.mark.slow
 UTC = timezone.utc
 # Debian's libfaketime (apt-get install libfaketime), in the multiarch folder of this machine.
 FAKETIME_LIB = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), Path("/nonexistent"))
-
-
-def runner(jobs: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
-    full = dict(os.environ)
-    full.pop("CRONPY_STATE_DIR", None)
-    full.update(env or {})
-    err = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "cronpy", "run", str(jobs), *extra],
-                            stdout=subprocess.DEVNULL, stderr=err, env=full, cwd=jobs.parent)
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    if not db.exists():
-        return []
-    con = sqlite3.connect(db, timeout=10)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
 
 
 def text(path: Path) -> str:
@@ -86,8 +62,9 @@ def test_watchdog_pings_stop_while_the_scheduling_loop_is_stuck_and_resume_after
         blocker = sqlite3.connect(db, timeout=10, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")
         blocked_at = time.monotonic()
-        # Within a second the next claim blocks; a beat then goes stale after 1 s more.
-        quiet = [t for t in pings(sock, 4.5) if t > blocked_at + 2.6]
+        # Within a second the next claim blocks; a beat then goes stale after 1 s more. Pings
+        # are timed on arrival here, so the window starts well after that (a loaded machine).
+        quiet = [t for t in pings(sock, 6.0) if t > blocked_at + 3.5]
         assert quiet == [], f"{len(quiet)} watchdog ping(s) sent while the loop was stuck"
         blocker.execute("ROLLBACK")
         blocker.close()
@@ -279,7 +256,9 @@ def test_a_runner_whose_clock_is_stepped_forward_90s_replays_nothing(jobs_file, 
         stop(proc)
     runs = uptimes(out)
     gaps = [b - a for a, b in zip(runs, runs[1:])]
-    assert min(gaps) > 1.0, f"runs back to back after the step: {gaps}"  # today: 6 within 55 ms
+    # Today: 6 runs within 55 ms. A run started late on a loaded machine may bring two a
+    # little closer than the 2 s interval, never back to back.
+    assert min(gaps) > 0.5, f"runs back to back after the step: {gaps}"
     assert "the wall clock was stepped forward by 90" in text(log)
 
 
@@ -327,7 +306,7 @@ def test_a_corrupted_history_stops_the_runner_with_one_clear_error_and_recover_s
         stop(proc)
     lines = text(log).splitlines()
     assert proc.returncode == 2, lines[-5:]
-    assert len(lines) < 10, f"{len(lines)} log lines"
+    assert len(lines) < 20, f"{len(lines)} log lines"  # today: 11,472 lines in 10 s
     assert any(str(state / "history.db") in line and "cronpy recover" in line for line in lines), lines
     # `history` reading the damaged pages says the same, with the same status.
     res = cronpy("history", "--state-dir", str(state), "--limit", "5000")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import Harness, jobset, pid_gone, stop, wait_for
+from conftest import Harness, jobset, pid_gone, query, runner, stop, wait_for
 
 from cronpy.errors import HistoryError
 from cronpy.history import History
@@ -24,27 +23,6 @@ from cronpy.models import RunStatus, Trigger
 
 pytestmark = pytest.mark.slow
 UTC = timezone.utc
-
-
-def runner(jobs: Path, *extra: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
-    full = dict(os.environ)
-    full.pop("CRONPY_STATE_DIR", None)
-    full.update(env or {})
-    err = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "cronpy", "run", str(jobs), *extra],
-                            stdout=subprocess.DEVNULL, stderr=err, env=full, cwd=jobs.parent)
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    if not db.exists():
-        return []
-    con = sqlite3.connect(db, timeout=10)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
 
 
 def test_runners_sharing_a_state_dir_fire_each_instant_once_across_a_kill_9_takeover(jobs_file, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ or `python tests/schedule_diff.py --samples 200000`, which prints the counts per
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timezone
 
@@ -63,3 +64,20 @@ def test_long_sweep() -> None:
     assert result.counts["cron(8) sim: DISAGREE"] == 0, result.examples.get("cron(8) sim: DISAGREE")
     assert result.counts["unclassified"] == 0, result.examples.get("unclassified")
     assert not [c for c in result.counts if "agrees with CRONSIM" in c], result.examples
+
+
+@pytest.mark.slow
+def test_the_binary_prints_what_the_sweep_checked() -> None:
+    # `cronpy next --expr` is the user's view of the same code: a few sweep samples through it.
+    from conftest import cronpy
+    from schedule_diff import samples
+
+    from cronpy.models import JobSpec
+    from cronpy.schedule import parse_schedule, upcoming
+
+    for s in list(samples(6, seed=2026)):
+        spec = JobSpec(name="expr", schedule=parse_schedule(s.expr), timezone=s.zone, command="true")
+        expected = [t.astimezone(zone(s.zone)).isoformat() for t in upcoming(spec, s.start, 3)]
+        result = cronpy("next", "--expr", s.expr, "--tz", s.zone, "--from", s.start.isoformat(), "-n", "3", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == expected, s

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -470,9 +471,16 @@ def test_the_api_speaks_the_cli_json(tmp_path: Path, web: Callable[..., Web]) ->
 
 
 def test_job_history_pages_by_run_id(tmp_path: Path, web: Callable[..., Web]) -> None:
+    from cronpy.history import History
+    from cronpy.models import RunStatus, Trigger
+
     jobs = write_jobs(tmp_path, BASIC)
-    for _ in range(5):
-        trigger(jobs, "ok")
+    with History.open(tmp_path / "state") as h:  # five recorded runs, as the runner writes them
+        for i in range(5):
+            at = datetime.now(timezone.utc) - timedelta(minutes=10 - i)
+            run = h.start_run("ok", Trigger.MANUAL, at)
+            assert run is not None
+            h.finish_run(run, RunStatus.SUCCESS, at + timedelta(seconds=1), duration=1.0, exit_code=0)
     w = web(jobs)
     ids = [r["id"] for r in w.json("/api/jobs/ok/runs")]
     assert len(ids) == 5
@@ -521,6 +529,21 @@ def test_an_edited_jobs_file_is_read_again_and_a_broken_one_keeps_the_last_jobs(
     status, _, html = w.get("/")
     assert status == 200 and "The jobs file no longer validates" in html and "broken2" in html
     assert [j["job"] for j in w.json("/api/jobs")] == ["broken", "extra", "idle", "ok"]
+
+
+def test_secrets_in_a_jobs_definition_are_masked(tmp_path: Path, web: Callable[..., Web]) -> None:
+    jobs = write_jobs(tmp_path, """\
+  leaky:
+    command: curl -fsS https://deploy:hunter2@api.example.com/hook
+    on_failure: curl https://hooks.example.com/x?token=tok3n-value
+    ping: https://ping-user:pingpw@hc.example.com/ping/1
+    env: {API_KEY: envsecret}
+""")
+    w = web(jobs)
+    status, _, html = w.get("/jobs/leaky")
+    assert status == 200 and "api.example.com/hook" in html and "API_KEY" in html
+    for secret in ("hunter2", "tok3n-value", "pingpw", "envsecret"):
+        assert secret not in html
 
 
 def test_the_web_layer_imports_neither_the_runner_nor_the_service() -> None:

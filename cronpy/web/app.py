@@ -33,7 +33,8 @@ from cronpy.durations import format_duration, parse_since
 from cronpy.errors import HistoryError, RunNotFound
 from cronpy.models import RunRecord, RunStatus
 from cronpy.web import charts
-from cronpy.web.data import PAGE, Dashboard, JobRow, Now, redact_url, shown_path
+from cronpy.redact import redact_text, redact_url
+from cronpy.web.data import PAGE, Dashboard, JobRow, Now, shown_path
 
 HERE = Path(__file__).parent
 COOKIE = "cronpy_web"
@@ -103,18 +104,20 @@ def _pct(rate: float | None) -> str:
 
 
 def _command(spec: Any) -> str:
+    """The job's command as the definition shows it, URL secrets masked (`curl https://u:pw@…`)."""
     if spec.python:
         return spec.python
     if isinstance(spec.command, tuple):
-        return " ".join(spec.command)
-    return spec.command or ""
+        return redact_text(" ".join(spec.command))
+    return redact_text(spec.command or "")
 
 
 def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True,
                       lstrip_blocks=True)
     env.filters.update(ts=_ts, short=_short, iso=_iso, dur=_dur, pct=_pct, command=_command,
-                       url=lambda s: quote(str(s), safe=""), redact=redact_url)
+                       url=lambda s: quote(str(s), safe=""), redact=redact_url,
+                       secret=lambda s: redact_text(str(s)))
     return env
 
 

@@ -34,16 +34,17 @@ def sparkline(values: Sequence[float], *, width: int = 96, height: int = 20) -> 
         f'<polyline points="{points}" fill="none" stroke-width="1.5"/></svg>')
 
 
+#: Axis maxima for durations, in seconds: round in the unit a reader thinks in (1m30s, not 100s).
+_AXIS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1200,
+         1800, 2700, 3600, 5400, 7200, 10800, 14400, 21600, 43200, 86400)
+
+
 def _nice(hi: float) -> float:
-    """A round axis maximum at or above `hi` (1, 2 or 5 times a power of ten)."""
-    if hi <= 0:
-        return 1.0
-    p = 10.0 ** len(str(int(hi))) / 10 if hi >= 1 else 10.0 ** -len(f"{hi:.10f}".split(".")[1].lstrip("0"))
-    while True:
-        for m in (1, 2, 5):
-            if m * p >= hi:
-                return m * p
-        p *= 10
+    """A round axis maximum at or above `hi` seconds."""
+    for top in _AXIS:
+        if top >= hi:
+            return float(top)
+    return float(-(-hi // 86400) * 86400)
 
 
 def durations_chart(runs: Sequence[RunRecord], fmt: Callable[[datetime], str], *,

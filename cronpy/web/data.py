@@ -22,6 +22,7 @@ from cronpy.clock import Clock, SystemClock
 from cronpy.errors import CronpyError, HistoryError
 from cronpy.models import JobSet, JobSpec, JobStats, RunRecord, RunStatus
 from cronpy.reads import RUN_WINDOW
+from cronpy.redact import redact_text, redact_url
 from cronpy.paths import file_setting, file_state_dir, find_jobs_file, resolve_state_dir, resolve_store
 from cronpy.schedule import next_fire
 from cronpy.store import Store, open_store
@@ -147,7 +148,7 @@ class Dashboard:
                     self._jobs = load_jobs(self.path, now=self.clock.now())
                     self.config_error = None
                 except CronpyError as exc:
-                    self.config_error = f"{exc} (showing the jobs as last read)"
+                    self.config_error = redact_text(f"{exc} (showing the jobs as last read)")
             return self._jobs
 
     @contextmanager
@@ -163,14 +164,14 @@ class Dashboard:
                     self._store = open_store(self.url, self.state_dir, readonly=True)
                     self.store_error = None
                 except HistoryError as exc:
-                    self.store_error = str(exc)
+                    self.store_error = redact_text(str(exc))
             st = self._store
         try:
             yield st
         except HistoryError as exc:
             # Reopen on the next request: the database may have been replaced or restarted.
             with self._lock:
-                self.store_error = str(exc)
+                self.store_error = redact_text(str(exc))
                 if self._store is st and st is not None:
                     self._store = None
                     st.close()
@@ -349,7 +350,7 @@ class Dashboard:
                     if callable(fleet):
                         result.fleet = fleet()
         except HistoryError as exc:
-            result.store_error = str(exc)
+            result.store_error = redact_text(str(exc))
             anchors = {}
         if not self.url:
             result.scheduler = self._scheduler_lock()
