@@ -50,7 +50,7 @@ def ensure_state_dir(path: Path) -> Path:
     hint = ("choose a writable one with --state-dir, $CRONPY_STATE_DIR or the file's state_dir;"
             " under systemd, StateDirectory= provides /var/lib/cronpy")
     try:
-        private_dir(path)  # 0700 from the start: it will hold job output
+        private_dir(path)  # created private (0700), as the runner would: no "made private" warning later
     except OSError as exc:
         raise UsageError(f"state dir {path}: cannot create it: {exc.strerror or exc} ({hint})") from None
     if not path.is_dir():
@@ -122,19 +122,12 @@ def _read_yaml(path: Path) -> Any:
 def _parse_yaml(text: str) -> Any:
     import yaml
 
-    from cronpy.errors import ConfigError
-    from cronpy.safeyaml import compose_node
-
-    # The C-accelerated *safe* loader when libyaml is there; never a full loader. Composed by
-    # safeyaml: libyaml's own composer segfaulted on deep nesting (`history -f`, completion).
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    # The C-accelerated *safe* loader when libyaml is there; never a full loader.
+    safe_loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        node = compose_node(loader, "jobs file")
-        return None if node is None else loader.construct_document(node)
-    except (yaml.YAMLError, ConfigError, ValueError, TypeError):
+        return yaml.load(text, Loader=safe_loader)
+    except yaml.YAMLError:
         return None
-    finally:
-        loader.dispose()
 
 
 # The state dir holds job output (which may hold secrets), so it and everything in it are
