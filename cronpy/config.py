@@ -24,6 +24,7 @@ from cronpy.models import (DEFAULT_OUTPUT_MAX, At, Backoff, Cron, Every, JobSet,
                            Schedule)
 from cronpy.schedule import ever_fires, fires_in_zone, parse_schedule, shortest_gap, wall_time, zone
 from cronpy.paths import is_postgres_url
+from cronpy.safeyaml import MAX_ALIAS_NODES, MAX_DEPTH, compose_node  # noqa: F401 (the limits, re-exported)
 
 TOP_KEYS = {"timezone", "state_dir", "store", "leader_lease", "clock_skew_warning", "clock_skew_limit", "max_concurrent", "history_retention", "shutdown_grace",
             "defaults", "jobs"}
@@ -118,10 +119,7 @@ def _build(node: yaml.Node, path: tuple[Any, ...], doc: _Doc, loader: Any) -> An
         return None
 
 
-# Limits on hostile input, each far above any real jobs file (a 10,000-job file nests 4 levels
-# deep and uses no aliases). Past them the file is refused with its line, before anything is built.
-MAX_DEPTH = 64  #: nested mappings/lists; libyaml's C composer recursed and segfaulted at ~100,000
-MAX_ALIAS_NODES = 100_000  #: nodes that aliases (`*name`, `<<: *name`) may add by expansion, in all
+# Limits on hostile input besides safeyaml's depth and alias limits.
 # The longest duration any key takes (and the longest interval): past it, instants and
 # deadlines overflow datetime (year 9999) within a few `cronpy next` steps.
 MAX_DURATION = 3660 * 86400.0  # ~10 years
@@ -150,15 +148,8 @@ def _bad_characters(text: str) -> list[Problem]:
 
 
 def _compose(text: str, source: str) -> tuple[Any, _Doc]:
-    """Compose the single document of `text` into nodes, without recursion, then build it.
-
-    PyYAML's composers recurse (the C one segfaults on 100,000 `[`, the Python one raises
-    RecursionError at ~500 levels) and let an alias stand for its anchor's whole subtree, so
-    nine levels of `&a [*b, *b, …]` mean 387 million nodes to build. This composer walks
-    libyaml's events with an explicit stack, refuses nesting deeper than MAX_DEPTH, and counts
-    what each alias would add: past MAX_ALIAS_NODES the file is refused, so building the
-    values (which visits an aliased subtree once per alias) stays linear in the file's size.
-    """
+    """Compose the single document of `text` with safeyaml's bounded composer, then build it
+    (which visits an aliased subtree once per alias: linear, since expansion is bounded)."""
     doc = _Doc()
     bad = _bad_characters(text)
     if bad:
@@ -167,7 +158,7 @@ def _compose(text: str, source: str) -> tuple[Any, _Doc]:
     # as the pure-Python one gives, ~10x faster on a 10,000-job file.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        node = _compose_events(loader, source)
+        node = compose_node(loader, source)
     except yaml.MarkedYAMLError as exc:
         # Point at where the broken construct began (an unclosed `[` is only noticed at the
         # end of the file), and say where the parser gave up.
@@ -184,87 +175,6 @@ def _compose(text: str, source: str) -> tuple[Any, _Doc]:
     if node is None:
         return None, doc
     return _build(node, (), doc, loader), doc
-
-
-_STR_TAG = "tag:yaml.org,2002:str"
-
-
-def _compose_events(loader: Any, source: str) -> yaml.Node | None:
-    """The document's root node (None for an empty stream), composed from parser events."""
-    ev = yaml.events
-    loader.get_event()  # StreamStart
-    if loader.check_event(ev.StreamEndEvent):
-        return None
-    loader.get_event()  # DocumentStart
-    anchors: dict[str, tuple[yaml.Node, int]] = {}  # name -> (node, expanded size)
-    expanded = 0
-    tags: dict[str, str] = {}  # plain scalar -> resolved tag (most values repeat: `10m`, `true`)
-    # Each open collection: [node, pending mapping key or None, anchor, expanded size so far].
-    stack: list[list[Any]] = []
-    root: yaml.Node | None = None
-
-    def refuse(mark: Any, message: str) -> ConfigError:
-        return ConfigError(source, [Problem(mark.line + 1 if mark is not None else None, "", message)])
-
-    while True:
-        event = loader.get_event()
-        kind = type(event)
-        size = 1
-        node: yaml.Node
-        if kind is ev.ScalarEvent:
-            tag = event.tag
-            if tag is None or tag == "!":
-                if event.implicit[0]:
-                    tag = tags.get(event.value)
-                    if tag is None:
-                        tag = tags[event.value] = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-                else:
-                    tag = _STR_TAG
-            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
-            anchor = event.anchor
-        elif kind is ev.MappingStartEvent or kind is ev.SequenceStartEvent:
-            if len(stack) >= MAX_DEPTH:
-                raise refuse(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
-            cls = yaml.MappingNode if kind is ev.MappingStartEvent else yaml.SequenceNode
-            tag = event.tag
-            if tag is None or tag == "!":
-                tag = loader.resolve(cls, None, event.implicit)
-            stack.append([cls(tag, [], event.start_mark, None, event.flow_style), None, event.anchor, 1])
-            continue
-        elif kind is ev.MappingEndEvent or kind is ev.SequenceEndEvent:
-            node, _, anchor, size = stack.pop()
-            node.end_mark = event.end_mark
-        elif kind is ev.AliasEvent:
-            if event.anchor not in anchors:
-                raise refuse(event.start_mark, f"alias *{event.anchor} refers to no anchor defined before it")
-            node, size = anchors[event.anchor]
-            expanded += size
-            if expanded > MAX_ALIAS_NODES:
-                raise refuse(event.start_mark, f"aliases expand to more than {MAX_ALIAS_NODES:,} values "
-                             "(an alias bomb?): use `defaults:` or fewer aliases")
-            anchor = None
-        elif kind is ev.DocumentEndEvent:
-            if not loader.check_event(ev.StreamEndEvent):
-                extra = loader.get_event()
-                raise refuse(extra.start_mark, "expected a single document, found another (`---`)")
-            return root
-        else:  # pragma: no cover - libyaml emits nothing else inside a document
-            raise refuse(event.start_mark, f"unexpected YAML event {kind.__name__}")
-        if anchor is not None:
-            anchors[anchor] = (node, size)
-        if not stack:
-            root = node
-            continue
-        top = stack[-1]
-        top[3] += size
-        if isinstance(top[0], yaml.MappingNode):
-            if top[1] is None:
-                top[1] = node
-            else:
-                top[0].value.append((top[1], node))
-                top[1] = None
-        else:
-            top[0].value.append(node)
 
 
 def _did_you_mean(key: str, known: set[str]) -> str:

@@ -266,7 +266,7 @@ def health_of(rate: float | None) -> str:
 
 @dataclass(frozen=True)
 class Finish:
-    """The outcome of one run, to complete its row (see Store.finish_runs)."""
+    """The outcome of one run, as the store writer commits it (see Store.finish_runs)."""
 
     run_id: int
     status: RunStatus

@@ -187,3 +187,15 @@ def test_an_alias_bomb_by_sighup_is_refused_and_the_runner_keeps_firing(tmp_path
     finally:
         stop(proc)
     assert proc.returncode == 0
+
+
+def test_the_light_readers_of_a_jobs_file_survive_deep_nesting(tmp_path: Path) -> None:
+    # `history -f` reads only `state_dir`/`store`, completion only the job names: both went
+    # through libyaml's recursive composer and segfaulted (exit 139) on this file.
+    (tmp_path / "jobs.yaml").write_text("state_dir: state\njobs:\n  a: {schedule: 1m, command: 'true'}\nx:\n  "
+                                        + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = cli("history", "-f", "jobs.yaml", cwd=tmp_path)
+    assert result.returncode in (0, 1, 2) and "Traceback" not in result.stderr, (result.returncode, result.stderr)
+    from cronpy.paths import file_setting, job_names
+
+    assert job_names(tmp_path / "jobs.yaml") == [] and file_setting(tmp_path / "jobs.yaml", "state_dir") is None

@@ -189,3 +189,30 @@ def test_the_metrics_endpoint_counts_dropped_notifications(tmp_path: Path) -> No
         integrations.close(0)
     finally:
         metrics.close()
+
+
+def test_the_dashboard_shows_ping_and_webhook_urls_redacted(tmp_path: Path) -> None:
+    pytest.importorskip("starlette")
+    from test_web import http
+
+    (tmp_path / "jobs.yaml").write_text(
+        "state_dir: state\njobs:\n  a:\n    command: 'true'\n    schedule: 1h\n"
+        "    ping: https://user:pingpass@hc.example/ping/a?token=s3cr3t\n"
+        "    webhook: https://hooks.example/h?api_key=s3cr3t\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRONPY_")}
+    log = tmp_path / "web.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cronpy", "web", "-f", "jobs.yaml", "--port", "0"], cwd=tmp_path,
+                                env=env, text=True, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert wait_for(lambda: log.read_text().startswith("cronpy web: http://"), timeout=20), log.read_text()
+        url = log.read_text().split()[2].rstrip("/")
+        assert wait_for(lambda: http(url + "/jobs/a")[0] == 200, timeout=20)
+        status, _, body = http(url + "/jobs/a")
+        _, _, api = http(url + "/api/jobs")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "https://***@hc.example/ping/a?token=***" in body and "api_key=***" in body
+    for secret in SECRETS:
+        assert secret not in body + api + log.read_text()

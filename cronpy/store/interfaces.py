@@ -119,11 +119,13 @@ class Store(Protocol):
         """start_runs of one row."""
         ...
 
-    def start_runs(self, runs: Sequence[NewRun]) -> list[int | None]:
+    def start_runs(self, runs: Sequence[NewRun], *, wait: float | None = None) -> list[int | None]:
         """Insert run rows in one durable transaction, in order; each row's id, or None where
         its (job, scheduled instant) was claimed already (claims: attempt 1 of CLAIMED_TRIGGERS).
-        A fenced store retries a dropped connection on a fresh one while the lease lasts, and
-        raises NotLeader if the lease is lost: then nothing of the batch was written."""
+        `wait` bounds, in seconds, how long a busy store may hold the caller (the runner's
+        claims: a held lock must not stall the loop). A fenced store retries a dropped
+        connection on a fresh one while the lease (and `wait`) lasts, and raises NotLeader if the
+        lease is lost: then nothing of the batch was written."""
         ...
 
     def set_pids(self, pids: Sequence[tuple[int, int]]) -> None:
@@ -140,10 +142,12 @@ class Store(Protocol):
         """Complete run rows with their outcomes, in order, in one transaction: all or none."""
         ...
 
-    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:
+    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime, *,
+                       job_alive: Callable[[int, int], bool] | None = None) -> list[RunRecord]:
         """`running` rows whose runner is gone become `interrupted`, and are returned: on this
-        host, a runner pid for which `is_alive` is False; on a shared store, also rows of a
-        runner on another host whose heartbeat is older than three leases."""
+        host, a runner pid for which `is_alive` is False, unless `job_alive(pid, run_id)` says
+        its job runs on (a killed `cronpy trigger`'s job, holding its lock); on a shared store,
+        also rows of a runner on another host whose heartbeat is older than three leases."""
         ...
 
     def note_error(self, run_id: int, note: str) -> None:

@@ -272,10 +272,10 @@ class PgStore(SqlStore):
             if not cur.nextset():
                 return ids
 
-    def start_runs(self, runs: Sequence[NewRun]) -> list[int | None]:
+    def start_runs(self, runs: Sequence[NewRun], *, wait: float | None = None) -> list[int | None]:
         """As SqlStore.start_runs; a dropped connection is retried on a fresh one while the
-        lease lasts. A retry that finds an instant claimed checks whether the claim is this
-        process's own (its commit landed but the reply was lost) and returns its id then."""
+        lease (and `wait`) lasts. A retry that finds an instant claimed checks whether the claim
+        is this process's own (its commit landed but the reply was lost) and returns its id."""
         if not runs:
             return []
         tries = 0
@@ -289,8 +289,9 @@ class PgStore(SqlStore):
         lease = self.coord.lease
         if lease.epoch is None:  # not the leader: no lease to retry within
             return attempt()
+        until = time.monotonic() + wait if wait is not None else float("inf")
         try:
-            return CLAIM.call(attempt, retry_on=(StoreUnreachable,), deadline=lambda: lease.deadline,
+            return CLAIM.call(attempt, retry_on=(StoreUnreachable,), deadline=lambda: min(lease.deadline, until),
                               on_error=lambda n, exc: log.warning("claim of %d run(s) failed (try %d), retrying"
                                                                   " on a fresh connection: %s", len(runs), n, exc))
         except GaveUp as exc:

@@ -186,7 +186,7 @@ class SqlStore:
                   error: str | None = None) -> int | None:
         return self.start_runs([NewRun(job, trigger, started_at, scheduled_for, attempt, parent_id, status, error)])[0]
 
-    def start_runs(self, runs: Sequence[NewRun]) -> list[int | None]:
+    def start_runs(self, runs: Sequence[NewRun], *, wait: float | None = None) -> list[int | None]:
         if not runs:
             return []
         extra_cols, extra = self._claim_extra()
@@ -234,10 +234,12 @@ class SqlStore:
         """`running` rows of runners on other hosts that stopped reporting (shared stores)."""
         return []
 
-    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:
+    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime, *,
+                       job_alive: Callable[[int, int], bool] | None = None) -> list[RunRecord]:
         dead: list[tuple[Sequence[Any], str]] = [
             (r, f"the runner (pid {r[15]}) died during the run")
-            for r in self._running_rows("host = ?", (HOST,)) if r[15] is None or not is_alive(r[15])]
+            for r in self._running_rows("host = ?", (HOST,)) if (r[15] is None or not is_alive(r[15]))
+            and not (job_alive is not None and r[13] is not None and job_alive(r[13], r[0]))]
         dead += self._dead_elsewhere()
         if dead:
             with self._tx() as tx:

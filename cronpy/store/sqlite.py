@@ -20,7 +20,7 @@ from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, StoreTooNew, 
 from cronpy.paths import create_private_file, private_dir
 from cronpy.store.migrations import SQLITE as MIGRATIONS
 from cronpy.store.retry import GaveUp, RetryPolicy
-from cronpy.store.interfaces import Store, implements
+from cronpy.store.interfaces import NewRun, Store, implements
 from cronpy.store.sql import SqlStore
 
 UTC = timezone.utc
@@ -205,6 +205,17 @@ class SqliteStore(SqlStore):
 
     def _from_db(self, value: Any) -> datetime | None:
         return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+    def start_runs(self, runs: Sequence[NewRun], *, wait: float | None = None) -> list[int | None]:
+        """As SqlStore.start_runs; `wait` is the busy timeout of this one transaction."""
+        if wait is None:
+            return super().start_runs(runs)
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            try:
+                return super().start_runs(runs)
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
 
     def _totals(self, job: str | None, since: datetime | None) -> list[tuple[str, str, int, float, int]]:
         if since is not None:

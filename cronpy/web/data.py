@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from cronpy.redact import redact_url  # re-exported for app.py: the one redaction (ping, webhook, store)
 from cronpy.clock import Clock, SystemClock
 from cronpy.errors import CronpyError, HistoryError
 from cronpy.models import JobSet, JobSpec, JobStats, RunRecord, RunStatus
