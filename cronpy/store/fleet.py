@@ -339,6 +339,11 @@ class Fleet:
         self._keeper: threading.Thread | None = None
         self._stop = threading.Event()
 
+    @property
+    def running(self) -> bool:
+        """True while the keeper thread renews (see start_keeper)."""
+        return self._keeper is not None and not self._stop.is_set()
+
     def start_keeper(self) -> None:
         """Start the keeper thread (once)."""
         if self._keeper is None:

@@ -215,8 +215,11 @@ class PgStore(SqlStore):
             self.coord.cancels.on_cancel = on_cancel
 
     def health(self) -> Health:
-        lost = [t for t in (self._db.lost_since, self.coord.keeper_conn.lost_since) if t is not None]
-        return Health(connected=not lost, disconnected_since=min(lost) if lost else None, epoch=self.coord.lease.epoch)
+        # The keeper's connection is used every third of a lease, so it says whether the store
+        # can be reached now; the main one reconnects only at its next use.
+        conn = self.coord.keeper_conn if self.coord.running else self._db
+        lost = conn.lost_since
+        return Health(connected=lost is None, disconnected_since=lost, epoch=self.coord.lease.epoch)
 
     def owner_reporting(self, run_id: int) -> bool:
         return self.coord.heartbeats.owner_reporting(run_id)
