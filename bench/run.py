@@ -14,8 +14,16 @@ virtualenv of their own or from Debian's packages). Jobs are a tiny shell script
              (tools that schedule to the second)
   burst      200 jobs due at the same instant: delay from the due instant to the first and the
              last start (cron and yacron fire on minute boundaries: one minute per repetition)
-  overhead   scheduler CPU per run (its own process, not the jobs') over 2,000 runs
+  overhead   scheduler CPU per run (its own process, not the jobs'): 100 jobs every second, 60 s
   scale      load and validate 10,000 jobs; dispatch lateness with 10 and with 10,000 jobs loaded
+  record     cronpy's own history (the peers record nothing): 200 `true` jobs every second for
+             10 s, recorded duration p95 and runs wrongly skipped as still running
+  fault      cronpy with its store unwritable (another process holds SQLite's write lock) for
+             30 s: an every-second job's longest gap, and whether every outcome is recorded
+             once the store is back
+
+`--short` runs every workload once and shortly (about 3 minutes): figures for a busy shared
+machine, marked provisional; the full run is for a quiet one.
 
 A table of medians over BENCH_REPEAT (default 3) repetitions closes the run; `ratio` is the
 best peer's figure divided by cronpy's (above 1: cronpy is ahead). BENCH_JSON=FILE also writes
@@ -328,10 +336,11 @@ def _at(t: float) -> tuple[str, str]:
 
 
 def bench_overhead(tmp: Path, peers: list[Peer]) -> None:
-    n = int(os.environ.get("BENCH_OVERHEAD_RUNS", "2000"))
-    per_second = 80
+    seconds = float(os.environ.get("BENCH_OVERHEAD_SECONDS", "60"))
+    per_second = 100
+    n = int(seconds * per_second)
     script = stamp_script(tmp)
-    r = row("overhead", f"scheduler CPU per run ({n:,} runs, {per_second} a second)", "ms", 2)
+    r = row("overhead", f"scheduler CPU per run ({per_second} jobs every second, {seconds:.0f} s)", "ms", 2)
     for p in peers:
         if not p.seconds:
             r.notes[p.name] = "minute granularity"
@@ -393,8 +402,86 @@ def bench_scale(tmp: Path, peers: list[Peer]) -> None:
             put(d, p.name, pct(lateness_ms(stamps(out)[1:]), 50))
 
 
+def _cronpy_run(tmp: Path, jobs_yaml: str) -> tuple[subprocess.Popen[bytes], Path]:
+    path = tmp / "jobs.yaml"
+    path.write_text(f"state_dir: {tmp / 'state'}\ntimezone: UTC\n" + jobs_yaml)
+    proc = subprocess.Popen(cronpy_cmd("run", str(path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, tmp / "state" / "history.db"
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    try:
+        con = sqlite3.connect(db, timeout=30)
+    except sqlite3.Error:
+        return []
+    try:
+        return con.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []  # not created yet
+    finally:
+        con.close()
+
+
+def bench_record(tmp: Path, peers: list[Peer]) -> None:
+    if not any(isinstance(p, Cronpy) for p in peers):
+        return
+    n = int(os.environ.get("BENCH_RECORD_JOBS", "200"))
+    seconds = float(os.environ.get("BENCH_RECORD_SECONDS", "10"))
+    p95 = row("record", f"{n} `true` jobs every second: recorded duration p95", "ms", 1)
+    skipped = row("record", f"{n} `true` jobs every second: runs skipped as still running", "", 0)
+    jobs = "".join(f"  r{i:03d}: {{schedule: '* * * * * *', command: ['true']}}\n" for i in range(n))
+    proc, db = _cronpy_run(tmp, f"max_concurrent: {2 * n}\njobs:\n{jobs}")
+    try:
+        wait_for(lambda: bool(_rows(db, "SELECT 1 FROM runs LIMIT 1")), 60)
+        time.sleep(seconds)
+    finally:
+        Cronpy().stop(proc)
+    durations = [r[0] * 1000 for r in _rows(db, "SELECT duration FROM runs WHERE status = 'success'")]
+    put(p95, "cronpy", pct(durations, 95) if durations else float("nan"))
+    put(skipped, "cronpy", _rows(db, "SELECT count(*) FROM runs WHERE status = 'skipped'")[0][0])
+
+
+def bench_fault(tmp: Path, peers: list[Peer]) -> None:
+    if not any(isinstance(p, Cronpy) for p in peers):
+        return
+    seconds = float(os.environ.get("BENCH_FAULT_SECONDS", "30"))
+    gap = row("fault", f"store unwritable {seconds:.0f} s: every-second job's longest gap", "s", 2)
+    lost = row("fault", f"store unwritable {seconds:.0f} s: outcomes missing afterwards", "", 0)
+    script = stamp_script(tmp)
+    out = tmp / "stamps"
+    proc, db = _cronpy_run(tmp, f"jobs:\n  tick: {{schedule: '* * * * * *', command: [{str(script)!r}, {str(out)!r}]}}\n")
+    shell = None
+    try:
+        wait_for(lambda: len(_rows(db, "SELECT 1 FROM runs")) >= 2, 60)
+        shell = subprocess.Popen(["sqlite3", str(db)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        assert shell.stdin is not None
+        shell.stdin.write("PRAGMA busy_timeout = 60000;\nBEGIN EXCLUSIVE;\n")
+        shell.stdin.flush()
+        start = time.time()
+        time.sleep(seconds)
+        shell.stdin.write("COMMIT;\n")
+        shell.stdin.close()
+        shell.wait(60)
+        end = time.time()
+        time.sleep(5)  # the writer's backoff is at most 2 s: everything is written by then
+    finally:
+        if shell is not None and shell.poll() is None:
+            shell.kill()
+        Cronpy().stop(proc)
+    ts = [t for t in stamps(out) if start - 1 <= t <= end + 1]
+    put(gap, "cronpy", max((b - a for a, b in zip(ts, ts[1:])), default=float("nan")))
+    recorded = _rows(db, f"SELECT count(*) FROM runs WHERE status = 'success' AND started_at BETWEEN {start - 1}"
+                         f" AND {end + 1}")[0][0]
+    put(lost, "cronpy", max(0, len(ts) - recorded))
+
+
 WORKLOADS = {"cli": bench_cli, "idle": bench_idle, "precision": bench_precision, "burst": bench_burst,
-             "overhead": bench_overhead, "scale": bench_scale}
+             "overhead": bench_overhead, "scale": bench_scale, "record": bench_record, "fault": bench_fault}
+
+# What --short sets (unless the environment already does): every workload once, briefly.
+SHORT = {"BENCH_REPEAT": "1", "BENCH_IDLE_SECONDS": "10", "BENCH_PRECISION_SECONDS": "10",
+         "BENCH_OVERHEAD_SECONDS": "10", "BENCH_DISPATCH_SECONDS": "5", "BENCH_RECORD_SECONDS": "5",
+         "BENCH_FAULT_SECONDS": "10", "BENCH_VALIDATE_LIMIT": "20", "BENCH_HISTORY_ROWS": "100000"}
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -429,7 +516,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("workloads", nargs="*", metavar="workload", help=", ".join(WORKLOADS) + " (default: all)")
     ap.add_argument("--only", action="append", metavar="TOOL",
                     help="measure only these tools (cronpy, cron, yacron, APScheduler); repeatable")
+    ap.add_argument("--short", action="store_true",
+                    help="every workload once and briefly (~3 minutes): provisional figures")
     args = ap.parse_args(argv)
+    if args.short:
+        global REPEAT, VALIDATE_LIMIT
+        for key, value in SHORT.items():
+            os.environ.setdefault(key, value)
+        REPEAT = int(os.environ["BENCH_REPEAT"])
+        VALIDATE_LIMIT = float(os.environ["BENCH_VALIDATE_LIMIT"])
     unknown = [n for n in args.workloads if n not in WORKLOADS]
     if unknown:
         print(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}", file=sys.stderr)

@@ -42,7 +42,7 @@ def main() -> int:
         jobs = tmp / "jobs.yaml"
         jobs.write_text("state_dir: state\njobs:\n  tick: {schedule: '* * * * * *', command: 'true'}\n")
         procs = [start(jobs) for _ in range(args.runners)]
-        holder_file = tmp / "state" / "locks" / "scheduler.holder"
+        holder_file = tmp / "state" / "locks" / "scheduler.lock"
         begin = time.time()
         kills = 0
         try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, RunNotFound
-from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
+from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 from cronpy.paths import create_private_file, private_dir
 
 UTC = timezone.utc
@@ -341,11 +341,24 @@ class History:
         """Insert a run row and return its id; None if (job, scheduled_for) was already claimed."""
         return self.start_runs([NewRun(job, trigger, started_at, scheduled_for, attempt, parent_id, status, error)])[0]
 
-    def start_runs(self, runs: Sequence["NewRun"]) -> list[int | None]:
+    def start_runs(self, runs: Sequence["NewRun"], *, wait: float | None = None) -> list[int | None]:
         """Insert several run rows in one transaction (one fsync for a burst of due jobs).
 
         Returns each row's id, or None where the (job, scheduled instant) was claimed already.
+        `wait`: give up (HistoryError) after this many seconds if another process holds the
+        database's write lock, instead of the usual 10 s (the runner's claims: a held lock
+        must not stall the loop).
         """
+        if wait is None:
+            return self._start_runs(runs)
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            try:
+                return self._start_runs(runs)
+            finally:
+                self._db.execute("PRAGMA busy_timeout = 10000")
+
+    def _start_runs(self, runs: Sequence["NewRun"]) -> list[int | None]:
         ids: list[int | None] = []
         with self._tx() as db:
             for r in runs:
@@ -392,12 +405,30 @@ class History:
                 (status.value, _ts(finished_at), duration, exit_code, error, output, result_json(result), run_id),
             )
 
-    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:
-        """Mark `running` rows of this host whose runner process is gone as `interrupted`."""
+    def finish_runs(self, items: Sequence[Finish]) -> None:
+        """Complete several run rows with their outcomes, in order, in one transaction (the
+        store writer's group commit: 0.045 ms a row in 100-row commits against 0.19-0.40 ms
+        for a commit per row, measured in issue #12)."""
+        if not items:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE runs SET status = ?, finished_at = ?, duration = ?, exit_code = ?, error = ?,"
+                " output = ?, result = ? WHERE id = ?",
+                [(f.status.value, _ts(f.finished_at), f.duration, f.exit_code, f.error, f.output,
+                  result_json(f.result), f.run_id) for f in items])
+
+    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime, *,
+                       job_alive: Callable[[int, int], bool] | None = None) -> list[RunRecord]:
+        """Mark `running` rows of this host whose runner process is gone as `interrupted`.
+
+        With `job_alive(pid, run_id)`, a row whose job process is still alive is left running
+        (a killed `cronpy trigger`'s job runs on, holding its lock): only runs truly over."""
         rows = self._read(
             f"SELECT {COLUMNS}, runner_pid FROM runs WHERE status = 'running' AND host = ?", (HOST,)
         )
-        dead = [r for r in rows if r[15] is None or not is_alive(r[15])]
+        dead = [r for r in rows if (r[15] is None or not is_alive(r[15]))
+                and not (job_alive is not None and r[13] is not None and job_alive(r[13], r[0]))]
         if dead:
             with self._tx() as db:
                 for r in dead:

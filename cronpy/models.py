@@ -262,3 +262,17 @@ def health_of(rate: float | None) -> str:
     if rate >= 0.80:
         return "warning"
     return "unhealthy"
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The outcome of one run, as the store writer commits it (see Store.finish_runs)."""
+
+    run_id: int
+    status: RunStatus
+    finished_at: datetime
+    duration: float | None
+    exit_code: int | None = None
+    error: str | None = None
+    output: str | None = None
+    result: Any = None

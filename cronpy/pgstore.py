@@ -32,7 +32,7 @@ from cronpy.redact import redact_url as redact
 from cronpy.errors import CronpyError, HistoryError, LockHeld, NoHistory, NotLeader, RunNotFound, StoreUnreachable
 from cronpy.history import CLAIMED_TRIGGERS, COLUMNS, HOST, NewRun, result_json, run_filters, run_record
 from cronpy.locks import Holder
-from cronpy.models import JobStats, RunRecord, RunStatus, Trigger
+from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 from cronpy.skew import ClockSkew
 
 try:
@@ -501,7 +501,7 @@ class PgStore:
                   error: str | None = None) -> int | None:
         return self.start_runs([NewRun(job, trigger, started_at, scheduled_for, attempt, parent_id, status, error)])[0]
 
-    def start_runs(self, runs: Sequence[NewRun]) -> list[int | None]:
+    def start_runs(self, runs: Sequence[NewRun], *, wait: float | None = None) -> list[int | None]:
         """Insert run rows in one transaction; None where the instant is claimed already.
 
         Claims carry this runner's epoch; NotLeader if the database refuses it (stale lease).
@@ -548,13 +548,27 @@ class PgStore:
                 " output = %s, result = %s WHERE id = %s",
                 (status.value, finished_at, duration, exit_code, error, output, result_json(result), run_id))
 
-    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime) -> list[RunRecord]:
-        """`running` rows whose runner is gone become `interrupted`: on this host, a dead pid;
-        on another host, a runner without a heartbeat for three lease lengths."""
+    def finish_runs(self, items: Sequence[Finish]) -> None:
+        """Complete several run rows with their outcomes, in order, in one transaction."""
+        if not items:
+            return
+        with self._db.use(transaction=True) as cur:
+            cur.executemany(
+                "UPDATE cronpy.runs SET status = %s, finished_at = %s, duration = %s, exit_code = %s, error = %s,"
+                " output = %s, result = %s WHERE id = %s",
+                [(f.status.value, f.finished_at, f.duration, f.exit_code, f.error, f.output, result_json(f.result),
+                  f.run_id) for f in items])
+
+    def mark_dead_runs(self, is_alive: Callable[[int], bool], now: datetime, *,
+                       job_alive: Callable[[int, int], bool] | None = None) -> list[RunRecord]:
+        """`running` rows whose runner is gone become `interrupted`: on this host, a dead pid
+        (unless `job_alive(pid, run_id)` says its job runs on); on another host, a runner
+        without a heartbeat for three lease lengths."""
         with self._db.use() as cur:
             cur.execute(f"SELECT {COLUMNS}, runner_pid FROM cronpy.runs WHERE status = 'running' AND host = %s",
                         (HOST,))
-            local = [r for r in cur.fetchall() if r[15] is None or not is_alive(r[15])]
+            local = [r for r in cur.fetchall() if (r[15] is None or not is_alive(r[15]))
+                     and not (job_alive is not None and r[13] is not None and job_alive(r[13], r[0]))]
             cur.execute(
                 f"SELECT {COLUMNS}, runner_pid FROM cronpy.runs r WHERE status = 'running' AND host <> %s"
                 " AND NOT EXISTS (SELECT 1 FROM cronpy.runners x WHERE x.host = r.host AND x.pid = r.runner_pid"

@@ -489,6 +489,12 @@ def status(st: Any, *, as_json: bool, wide: bool = False) -> None:
         table([Col("Host"), Col("PID", right=True), Col("Role"), Col("Last seen", right=True)], (
             [str(f["host"]), str(f["pid"]), str(f["role"]), f"{f['last_seen_ago']}s ago"] for f in st.fleet),
             title="Fleet", wide=wide)
+    behind = (st.runner or {}).get("history_behind")
+    if behind:
+        failing = behind.get("failing_seconds")
+        out(f"history: BEHIND by {behind['pending']} write(s), the oldest {dur(behind['oldest_seconds'])} old"
+            + (f"; the store has refused writes for {dur(failing)}" if failing is not None else "")
+            + " (runs go on; written when the store takes writes again)\n")
     if st.paused:
         out("paused: " + ", ".join(f"{show(j)} (since {fmt(t)})" for j, t in sorted(st.paused.items())) + "\n")
     out("\n")

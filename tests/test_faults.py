@@ -8,6 +8,7 @@ libfaketime (Debian's) to step the clock of a running process.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sqlite3
 import time
@@ -46,7 +47,8 @@ def pings(sock: socket.socket, seconds: float) -> list[float]:
 
 
 def test_watchdog_pings_stop_while_the_scheduling_loop_is_stuck_and_resume_after(jobs_file, tmp_path: Path) -> None:
-    path = jobs_file("state_dir: state\njobs:\n  tick: {schedule: '* * * * * *', command: 'true'}\n")
+    content = "state_dir: state\njobs:\n  tick: {schedule: '* * * * * *', command: 'true'}\n"
+    path = jobs_file(content)
     db = tmp_path / "state" / "history.db"
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -57,22 +59,30 @@ def test_watchdog_pings_stop_while_the_scheduling_loop_is_stuck_and_resume_after
     try:
         assert wait_for(lambda: len(query(db, "SELECT 1 FROM runs")) >= 2, timeout=20)
         assert len(pings(sock, 1.6)) >= 2, "no watchdog pings from a healthy runner"
-        # Take SQLite's write lock: the loop blocks in its next claim (busy_timeout is 10 s),
-        # while every other thread of the runner goes on.
-        blocker = sqlite3.connect(db, timeout=10, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
+        # Hang the loop itself: the jobs file becomes a FIFO nobody writes to, and a reload
+        # (done on the loop thread) blocks opening it, while every other thread goes on. (A
+        # held SQLite lock no longer does: claims give up after 0.3 s and the loop runs on.)
+        path.unlink()
+        os.mkfifo(path)
+        proc.send_signal(signal.SIGHUP)
         blocked_at = time.monotonic()
-        # Within a second the next claim blocks; a beat then goes stale after 1 s more. Pings
+        # Within a second the reload blocks; a beat then goes stale after 1 s more. Pings
         # are timed on arrival here, so the window starts well after that (a loaded machine).
         quiet = [t for t in pings(sock, 6.0) if t > blocked_at + 3.5]
         assert quiet == [], f"{len(quiet)} watchdog ping(s) sent while the loop was stuck"
-        blocker.execute("ROLLBACK")
+        blocker = open(path, "w")  # the reload reads the file and the loop goes on
+        blocker.write(content)
         blocker.close()
         blocker = None
         assert len(pings(sock, 3.0)) >= 2, "pings did not resume once the loop was free"
     finally:
-        if blocker is not None:
-            blocker.close()
+        if path.is_fifo():  # free a loop still blocked on it, so that it can stop
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                os.write(fd, content.encode())
+                os.close(fd)
+            except OSError:
+                pass
         stop(proc)
         sock.close()
     assert proc.returncode == 0, text(tmp_path / "r.log")

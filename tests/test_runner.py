@@ -332,6 +332,6 @@ def test_upcoming_lists_the_soonest_instants_in_order_among_many_jobs(harness) -
         f'  j{i:03d}: {{schedule: "{rng.randrange(60)} {rng.randrange(24)} * * *", command: "true"}}\n'
         for i in range(300))
     h: Harness = harness(text, T0).start()
-    expected = sorted(h.runner._heap)[:10]
+    expected = sorted(h.runner.agenda.heap)[:10]
     assert h.runner.upcoming(10) == expected
     assert h.runner.next_due() == expected[0]

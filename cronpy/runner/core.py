@@ -1,87 +1,84 @@
-"""The scheduling loop.
+"""The runner: composes the agenda, admission, the claimer, the supervisor and the writer.
 
-`Runner.tick(now)` does one pass: it takes every due entry off a heap of next instants,
-decides for each (overlap, concurrency, priority, job lock), claims the whole batch in one
-history transaction, and starts the claimed runs in worker threads. `run_forever()` sleeps
-until the earliest instant on the heap (or until woken by a signal or a finished run) and
-ticks again. Only the job that fired has its next instant computed, so a tick costs the same
-with 10 jobs or 10,000.
+`Runner.tick(now)` does one pass: it takes every due entry off the agenda, decides for each
+(admission: overlap, concurrency, priority; then the job locks), claims the whole batch in
+one durable store transaction (the claimer), and spawns the claimed runs, which the one
+supervisor thread then watches. `run_forever()` sleeps until the earliest instant (or until
+woken by a signal or a finished run) and ticks again.
+
+The critical path, instant to spawn and exit to supervision, touches the store only for the
+claim. Pids, outcomes and skipped rows go to the store writer (recorder.py), which cannot
+stall it; a finished run frees its slot and its job lock the moment its child exits.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
-import itertools
 import logging
 import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Deque, Sequence
 
 from cronpy.clock import Clock, Step, StepDetector
-from cronpy.errors import CronpyError, HistoryDamaged, HistoryError, LockHeld, NotLeader
+from cronpy.errors import CronpyError, HistoryError, LockHeld
 from cronpy.executor import Attempt, AttemptResult, RunContext
 from cronpy.history import HOST, NewRun
 from cronpy.integrations import Observer
+from cronpy.models import At, Every, Finish, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
+from cronpy.runner.admission import admit
+from cronpy.runner.agenda import LEAD, MISFIRE_GRACE, Agenda, Due
+from cronpy.runner.claimer import Claimed, Claimer, ClaimResult, Refused, Taken, Unrecorded
+from cronpy.runner.recorder import CANCELLED_ERROR, Call, Late, Outcome, Pids, Recorder
+from cronpy.runner.supervisor import Supervisor
+from cronpy.schedule import latest_fire
 from cronpy.store import JobLock, JobLocks, Store
-from cronpy.models import At, Every, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
 from cronpy.outputs import BootMarks, RunOutput
 from cronpy.schedule import compile_cron, latest_fire, next_fire
 
-log = logging.getLogger("cronpy")
+__all__ = ["FIRST_BATCH", "LEAD", "MISFIRE_GRACE", "Due", "OutputSink", "Runner"]
 
-# An instant found late by less than this (a busy machine, a slow tick) still fires; one
-# further in the past was missed (downtime, suspend, a clock step) and is left to catch_up.
-MISFIRE_GRACE = timedelta(seconds=10)
+log = logging.getLogger("cronpy")
 
 # Runs of a burst claimed (and so started) before the rest are claimed; see _dispatch.
 FIRST_BATCH = 4
 
-# The loop wakes this much before an instant and claims it (the history commit, the job lock),
-# then waits for the instant itself to spawn: the child starts ~1 ms sooner, never early.
-LEAD = timedelta(milliseconds=3)
+# How long a foreground `cronpy trigger` waits for a busy store to take its claim (seconds).
+FOREGROUND_CLAIM_WAIT = 10.0
 
-# A failed history write (disk full, a lost store) is retried, backing off from the first
-# to the second figure, in seconds: RECORD_TRIES times (~50 s) on SQLite; on a fleet store
-# for up to FLEET_RECORD_PATIENCE, since its database may be failing over or in maintenance
-# for minutes, while this runner stands by anyway.
-RECORD_BACKOFF = (0.2, 30.0)
-RECORD_TRIES = 8
-FLEET_RECORD_PATIENCE = 3600.0
+# How long stopping waits for the store writer to write what is left, in seconds.
+FLUSH_ON_STOP = 30.0
 
 OutputSink = Callable[[str, str], None]  # (job name, line)
 
 
-@dataclass(order=True)
-class Due:
-    """An entry of the heap: a run of `job` to start at `when`."""
-
-    when: datetime
-    seq: int
-    job: str = field(compare=False)
-    trigger: Trigger = field(compare=False)
-    scheduled_for: datetime = field(compare=False)
-    attempt: int = field(default=1, compare=False)
-    parent_id: int | None = field(default=None, compare=False)
-    #: a scheduled instant found late at start-up (a restart, a takeover) that still fires
-    late: bool = field(default=False, compare=False)
-
-
 @dataclass
 class _Active:
+    key: int  # this process's own number for the run (a run may have no row yet)
     due: Due
-    run_id: int
+    claim: Claimed | Unrecorded
     lock: JobLock | None
     spec: JobSpec
     started_at: datetime
     attempt: Attempt | None = None
-    thread: threading.Thread | None = None
-    pid_recorded: bool = False
-    output: RunOutput | None = None
+
+    output: RunOutput | None = None  # the run's whole output on disk (`logs -f`, `output: keep`)
+
+    @property
+    def run_id(self) -> int | None:
+        return self.claim.run_id if isinstance(self.claim, Claimed) else None
+
+
+def _file_lock_fd(lock: JobLock | None) -> int | None:
+    """The descriptor of a flock-based job lock (handed to the job), None for a lock kept in
+    a store (a fleet's lock rows), whose writes go through the store writer instead."""
+    fd = getattr(lock, "fd", None)
+    return fd if isinstance(fd, int) else None
 
 
 class Runner:
@@ -98,6 +95,7 @@ class Runner:
         rng: random.Random | None = None,
         observers: Sequence[Observer] = (),
         chains: bool = True,
+        writer: Store | None = None,
         state_dir: Path | None = None,
         boot: BootMarks | None = None,
     ) -> None:
@@ -113,21 +111,31 @@ class Runner:
         self.clock = clock
         self.output = output
         self.rng = rng or random.Random()
-        self._heap: list[Due] = []
+        self.agenda = Agenda(self.rng)
         self._pending: list[tuple[int, datetime, int, Due]] = []  # waiting for a free slot
         self._queued: dict[str, Due] = {}  # overlap: queue, waiting for the job to finish
-        self._active: dict[int, _Active] = {}  # by run id
-        self._seq = itertools.count()
+        self._active: dict[int, _Active] = {}  # by _Active.key
+        self._running: collections.Counter[str] = collections.Counter()  # active runs per job: O(1)
+        self._finished: Deque[tuple[_Active, AttemptResult, datetime]] = collections.deque()
+        self._keys = 0
         self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)
+        self._ended = threading.Event()  # a run ended (what wait_idle waits on)
         self.wake = threading.Event()
         self._never = threading.Event()  # what _until sleeps on: only the clock ends that wait
         self._stopping = False
         self._cancel_all = False
-        self._anchors: dict[str, datetime] = {}
         self._prelocked: dict[str, JobLock] = {}  # job locks taken before dispatch (foreground trigger)
         self._leading = True  # False once a fenced claim is refused: stop firing (see step_down)
         self._started = False  # run_on_start runs once per process, not again after a step-down
+        self._dependents = self._dependents_of(jobs)
+        # Start instants of this runner's latest runs and successes per job, for `after:`
+        # (their rows may still be in the writer's buffer).
+        self._last_start: dict[str, datetime] = {}
+        self._last_success: dict[str, datetime] = {}
+        self._writer_store = writer  # a connection of its own keeps claims unblocked (else history's)
+        self._recorder: Recorder | None = None
+        self.claimer = Claimer()
+        self._supervisor: Supervisor | None = None
         #: monotonic time of the loop's last pass (standby included): the watchdog's evidence
         self.heartbeat = time.monotonic()
         #: the longest the loop sleeps between passes (None: the clock's own bound); the service
@@ -136,25 +144,39 @@ class Runner:
         #: wall-clock step detector, consulted once per pass (None: steps are not looked for)
         self.steps: StepDetector | None = None
 
-    # -- the heap ----------------------------------------------------------------------------
+    @property
+    def recorder(self) -> Recorder:
+        """The store writer (started on first use)."""
+        if self._recorder is None:
+            self._recorder = Recorder(self._writer_store or self.history)
+        return self._recorder
+
+    @property
+    def supervisor(self) -> Supervisor:
+        if self._supervisor is None:
+            self._supervisor = Supervisor()
+        return self._supervisor
+
+    @staticmethod
+    def _dependents_of(jobs: JobSet) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for spec in jobs.jobs.values():
+            for dep in spec.after:
+                out.setdefault(dep, []).append(spec.name)
+        return out
+
+    # -- the agenda ----------------------------------------------------------------------------
 
     def _push(self, when: datetime, job: str, trigger: Trigger, scheduled_for: datetime,
               attempt: int = 1, parent_id: int | None = None, *, late: bool = False) -> None:
         with self._lock:
-            heapq.heappush(self._heap, Due(when, next(self._seq), job, trigger, scheduled_for, attempt, parent_id,
-                                           late))
+            self.agenda.push(when, job, trigger, scheduled_for, attempt, parent_id, late=late)
         self.wake.set()
 
     def _schedule_next(self, spec: JobSpec, after: datetime) -> None:
-        """Push the job's next instant strictly after `after`, keeping an interval's cadence."""
-        anchor = self._anchors.get(spec.name)
-        nxt = next_fire(spec, after, anchor)
-        if nxt is None:
-            return
-        if isinstance(spec.schedule, Every):
-            self._anchors[spec.name] = nxt
-        delay = self.rng.uniform(0, spec.jitter) if spec.jitter else 0.0
-        self._push(nxt + timedelta(seconds=delay), spec.name, Trigger.SCHEDULE, nxt)
+        with self._lock:
+            self.agenda.schedule_next(spec, after)
+        self.wake.set()
 
     def start(self, now: datetime, *, late_window: timedelta = MISFIRE_GRACE) -> None:
         """Load the schedule: the first instant of every enabled job, and run_on_start runs.
@@ -175,7 +197,7 @@ class Runner:
             last = lasts.get(spec.name)
             if isinstance(spec.schedule, Every) and last is not None:
                 # Continue the cadence of the last recorded run rather than restarting it.
-                self._anchors[spec.name] = last
+                self.agenda.anchors[spec.name] = last
             missed = self._missed_while_down(spec, now, last)
             late = None if missed is not None else self._missed_lately(spec, now, late_window, last)
             if missed is not None:
@@ -185,7 +207,7 @@ class Runner:
                          spec.name, late.isoformat())
                 self._push(now, spec.name, Trigger.SCHEDULE, late, late=True)
             if isinstance(spec.schedule, Every) and (missed or late):
-                self._anchors[spec.name] = missed or late  # type: ignore[assignment]
+                self.agenda.anchors[spec.name] = missed or late  # type: ignore[assignment]
             self._schedule_next(spec, now)
             if spec.run_on_start and first_start:
                 self._push(now, spec.name, Trigger.START, now)
@@ -229,21 +251,19 @@ class Runner:
             resched = set(added) | set(changed)
             gone = set(removed) | set(changed)
             # Scheduled entries of removed and changed jobs go; their retries and runs stay.
-            self._heap = [d for d in self._heap if not (d.job in gone and d.trigger is not Trigger.RETRY)
-                          and d.job not in removed]
-            heapq.heapify(self._heap)
+            self.agenda.drop(gone, removed)
             self._pending = [p for p in self._pending if p[3].job not in removed]
             heapq.heapify(self._pending)
             for name in removed:
                 self._queued.pop(name, None)
-                self._anchors.pop(name, None)
             self.jobs = jobs
+            self._dependents = self._dependents_of(jobs)
             for name in sorted(resched):
                 spec = jobs.jobs[name]
                 if not isinstance(spec.schedule, Every):
-                    self._anchors.pop(name, None)
+                    self.agenda.anchors.pop(name, None)
                 if spec.enabled:
-                    self._schedule_next(spec, now)
+                    self.agenda.schedule_next(spec, now)
         self.wake.set()
         return added, removed, changed
 
@@ -261,80 +281,67 @@ class Runner:
         log.warning("%s; re-planning the schedule as cron(8) does", step.describe())
         shift = timedelta(seconds=0 if step.suspended else step.seconds)
         with self._lock:
-            entries, self._heap = self._heap, []
+            entries, self.agenda.heap = self.agenda.heap, []
             for d in entries:
                 spec = self.jobs.jobs.get(d.job)
                 if spec is None:
                     continue
                 scheduled = d.trigger is Trigger.SCHEDULE and not d.late
                 if scheduled and isinstance(spec.schedule, At):
-                    heapq.heappush(self._heap, d)  # a one-shot keeps its wall time
+                    heapq.heappush(self.agenda.heap, d)  # a one-shot keeps its wall time
                     continue
                 if not scheduled or isinstance(spec.schedule, Every):
                     d.when += shift  # a retry's delay, an interval: elapsed time, kept
                     if scheduled:
                         d.scheduled_for += shift
-                        self._anchors[spec.name] = d.scheduled_for
-                    heapq.heappush(self._heap, d)
+                        self.agenda.anchors[spec.name] = d.scheduled_for
+                    heapq.heappush(self.agenda.heap, d)
                     continue
                 fixed = not compile_cron(spec.schedule.expr, spec.name).wildcard  # type: ignore[union-attr]
                 if step.seconds < 0 and fixed and not step.big:
-                    heapq.heappush(self._heap, d)  # not repeated: still the instant after the old time
+                    heapq.heappush(self.agenda.heap, d)  # not repeated: still the instant after the old time
                     continue
                 if step.seconds > 0 and fixed and not step.big and d.scheduled_for <= now:
                     skipped = latest_fire(spec, d.scheduled_for - timedelta(microseconds=1), now) or d.scheduled_for
                     log.info("%s: running the instant %s skipped by the step, once", spec.name,
                              skipped.isoformat())
-                    heapq.heappush(self._heap, replace(d, when=now, scheduled_for=skipped, late=True))
+                    heapq.heappush(self.agenda.heap, replace(d, when=now, scheduled_for=skipped, late=True))
                 nxt = next_fire(spec, now)
                 if nxt is not None:
                     delay = d.when - d.scheduled_for  # keep its jitter
-                    heapq.heappush(self._heap, replace(d, when=nxt + delay, scheduled_for=nxt, late=False))
+                    heapq.heappush(self.agenda.heap, replace(d, when=nxt + delay, scheduled_for=nxt, late=False))
         self.wake.set()
 
     def next_wakeup(self) -> datetime | None:
         """Return when the next tick is due (None: nothing scheduled)."""
         with self._lock:
-            return self._heap[0].when if self._heap else None
+            return self.agenda.next_wakeup()
 
     def upcoming(self, count: int) -> list[Due]:
-        """The next `count` entries of the heap, soonest first (status, metrics).
-
-        Walks the heap from its root, O(count log count) whatever the number of jobs: this
-        runs after every wake-up, and 10,000 loaded jobs must not slow a busy runner down.
-        """
+        """The next `count` entries of the agenda, soonest first (status, metrics)."""
         with self._lock:
-            heap = self._heap
-            out: list[Due] = []
-            frontier = [(heap[0], 0)] if heap else []
-            while frontier and len(out) < count:
-                d, i = heapq.heappop(frontier)
-                out.append(d)
-                for child in (2 * i + 1, 2 * i + 2):
-                    if child < len(heap):
-                        heapq.heappush(frontier, (heap[child], child))
-            return out
+            return self.agenda.upcoming(count)
 
     def next_per_job(self) -> dict[str, datetime]:
-        """Each job's earliest instant on the heap."""
+        """Each job's earliest instant on the agenda."""
         with self._lock:
-            out: dict[str, datetime] = {}
-            for d in self._heap:
-                if d.job not in out or d.when < out[d.job]:
-                    out[d.job] = d.when
-            return out
+            return self.agenda.next_per_job()
 
     def next_due(self) -> Due | None:
         with self._lock:
-            return self._heap[0] if self._heap else None
+            heap = self.agenda.heap
+            return heap[0] if heap else None
 
     def run_foreground(self, name: str, *, wait: float = 0.0) -> int | None:
         """Run job `name` now, with its retries, through the same dispatch as scheduled runs.
 
         Takes the job lock first (waiting up to `wait` seconds; LockHeld if it stays taken),
-        then ticks until the run and its retries are over. Returns the last run's id.
+        then ticks until the run and its retries are over and their outcomes are written.
+        Returns the last run's id (None if it has no row: the store could not be written).
         """
         spec = self.jobs.jobs[name]
+        # No cadence to keep here: wait for a busy store as long as any command does.
+        self.claimer.wait = FOREGROUND_CLAIM_WAIT
         lock = None
         if spec.overlap is not Overlap.ALLOW:
             lock = self.locks.job(name)
@@ -351,7 +358,7 @@ class Runner:
                 started = self.tick(self.clock.now())
                 last = started[-1] if started else last
                 with self._lock:
-                    if not self._active and (not self._heap or self._stopping):
+                    if not self._active and not self._finished and (not self.agenda.heap or self._stopping):
                         break
                 self.clock.sleep_until(self.next_wakeup(), self.wake)
             self.shutdown(0.0 if self._cancel_all else self.jobs.shutdown_grace)
@@ -364,16 +371,14 @@ class Runner:
     # -- one pass ----------------------------------------------------------------------------
 
     def tick(self, now: datetime, *, lead: timedelta = timedelta(0)) -> list[int]:
-        """Start what is due at `now`; return the ids of the runs started.
+        """Start what is due at `now`; return the ids of the runs started (with a row).
 
         With `lead`, what falls due up to `now + lead` is claimed now and spawned at its
         instant (run_forever passes LEAD).
         """
         with self._lock:
-            due: list[Due] = []
-            horizon = now + lead
-            while self._heap and self._heap[0].when <= horizon:
-                due.append(heapq.heappop(self._heap))
+            self._reap()
+            due = self.agenda.pop_due(now + lead)
             candidates = []
             reschedule: list[tuple[JobSpec, datetime]] = []
             for d in due:
@@ -401,20 +406,20 @@ class Runner:
                 return []
             # Runs that were waiting on a finished job or a free slot compete again.
             for job in list(self._queued):
-                if not self._running(job):
+                if not self._running[job]:
                     candidates.append(self._queued.pop(job))
             candidates += [p[3] for p in self._pending]
             self._pending.clear()
             candidates = self._without_paused(candidates)
             started = self._dispatch(candidates, now)
             # The next instants are computed after the spawns: a burst of 200 due jobs starts
-            # ~20 ms sooner, and the heap is whole again before this tick returns.
+            # ~20 ms sooner, and the agenda is whole again before this tick returns.
             self._reschedule(reschedule)
             return started
 
     def _reschedule(self, items: list[tuple[JobSpec, datetime]]) -> None:
         for spec, after in items:
-            self._schedule_next(spec, after)
+            self.agenda.schedule_next(spec, after)
 
     def _without_paused(self, candidates: list[Due]) -> list[Due]:
         """Drop what a paused job's schedule fired; a paused job still runs when triggered by hand."""
@@ -437,38 +442,21 @@ class Runner:
                 kept.append(d)
         return kept
 
-    def _running(self, job: str) -> bool:
-        return any(a.due.job == job for a in self._active.values())
-
     def _dispatch(self, candidates: list[Due], now: datetime) -> list[int]:
-        """Decide, claim in one transaction, then lock and spawn each run back to back.
-
-        The order matters for a burst of due jobs: everything slow (threads, holder files,
-        history updates) happens after the last child has been spawned.
-        """
+        """Admit, take the locks of queued jobs, claim in one transaction, then lock and spawn
+        each run back to back. Everything that can wait (pids, skipped rows, holder writes,
+        notifications) happens after the last child has been spawned, and off this thread."""
         jobs = self.jobs.jobs
-        candidates.sort(key=lambda d: (-jobs[d.job].priority, d.when, d.seq))
+        decision = admit(candidates, jobs, self._running, self._queued.keys(),
+                         self.jobs.max_concurrent - len(self._active))
+        for d in decision.queued:
+            self._queued[d.job] = d
+        for d in decision.pending:
+            heapq.heappush(self._pending, (-jobs[d.job].priority, d.when, d.seq, d))
         to_start: list[Due] = []
         prelocked: dict[int, JobLock] = {}  # by Due.seq: overlap=queue jobs lock before claiming
-        skipped: list[tuple[Due, str]] = []
-        slots = self.jobs.max_concurrent - len(self._active)
-        starting: set[str] = set()
-        for d in candidates:
-            spec = jobs[d.job]
-            busy = self._running(d.job) or d.job in starting
-            if busy and spec.overlap is Overlap.SKIP:
-                skipped.append((d, "the previous run was still going (overlap: skip)"))
-                continue
-            if busy and spec.overlap is Overlap.QUEUE:
-                if d.job in self._queued:
-                    skipped.append((d, "a run was already queued (overlap: queue)"))
-                else:
-                    self._queued[d.job] = d
-                continue
-            if slots <= 0:
-                heapq.heappush(self._pending, (-spec.priority, d.when, d.seq, d))
-                continue
-            if spec.overlap is Overlap.QUEUE and d.job not in self._prelocked:
+        for d in decision.start:
+            if jobs[d.job].overlap is Overlap.QUEUE and d.job not in self._prelocked:
                 # A queued run waits for a lock held elsewhere instead of being skipped, so it
                 # must not claim its instant before it has the lock.
                 queue_lock = self.locks.job(d.job)
@@ -482,12 +470,9 @@ class Runner:
                     continue
                 prelocked[d.seq] = queue_lock
             to_start.append(d)
-            starting.add(d.job)
-            slots -= 1
+        skipped = decision.skipped
         spawned: list[_Active] = []
-        held_elsewhere: list[tuple[Due, int, str]] = []
-        lock_failed: list[tuple[Due, int, str]] = []
-        skipped_ids: list[int | None] = []
+        not_started: list[tuple[Due, NewRun, ClaimResult, RunStatus, str]] = []
         # Claim a small first batch alone, so the first child starts after a one-row commit
         # (~1 ms) instead of after the whole burst's (~20 ms for 200 rows); skipped rows ride
         # with the last batch.
@@ -499,16 +484,19 @@ class Runner:
             if last:
                 rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
                                 RunStatus.SKIPPED, reason) for d, reason in skipped]
-            ids = self._claim(rows, len(batch))
-            for d, run_id in zip(batch, ids[: len(batch)]):
+            results = self.claimer.claim(self.history, rows)
+            if any(isinstance(r, Refused) and r.lost_lead for r in results):
+                self._leading = False
+                self.wake.set()
+            for d, row, result in zip(batch, rows, results):
                 lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
-                if not run_id:  # None: claimed by another runner; 0: the store refused the claim
-                    if run_id is None:
+                if not isinstance(result, (Claimed, Unrecorded)):
+                    if isinstance(result, Taken):
                         log.info("%s: instant %s already claimed (by another runner, or before the wall clock"
                                  " was stepped back); not running it",
                                  d.job, d.scheduled_for.isoformat())
                     if lock is not None and lock is not self._prelocked.get(d.job):
-                        lock.release()
+                        self._release(lock)
                     continue
                 spec = jobs[d.job]
                 if lock is None and spec.overlap is Overlap.SKIP:
@@ -516,43 +504,38 @@ class Runner:
                     try:
                         lock.acquire(now=now, write_holder=False)
                     except LockHeld as exc:
-                        held_elsewhere.append((d, run_id, str(exc)))
+                        # Claimed, then found running in another process (a `cronpy trigger`).
+                        not_started.append((d, row, result, RunStatus.SKIPPED, str(exc)))
                         continue
                     except OSError as exc:  # no descriptors left, an unwritable state dir, no store
-                        lock_failed.append((d, run_id, f"could not take the job lock: {exc}"))
+                        not_started.append((d, row, result, RunStatus.FAILED, f"could not take the job lock: {exc}"))
                         continue
                 self._until(d.when)
-                spawned.append(self._spawn(spec, d, run_id, lock, max(now, d.when)))
+                spawned.append(self._spawn(spec, d, result, lock, max(now, d.when)))
             if last:
-                skipped_ids = ids[len(batch):]
-        # The pids of the whole tick in one commit (a burst of 80 was 80 commits, one per
-        # run thread); a failed write falls back to each run thread's retrying write.
-        pids = [(a.run_id, a.attempt.pid) for a in spawned
-                if a.attempt is not None and a.attempt.pid is not None and a.run_id > 0]
-        try:
-            self.history.set_pids(pids)
-        except CronpyError as exc:
-            log.error("cannot record the pids of %d started run(s) yet: %s", len(pids), exc)
-        else:
-            for a in spawned:
-                a.pid_recorded = True
+                for (d, reason), row, result in zip(skipped, rows[len(batch):], results[len(batch):]):
+                    if isinstance(result, Unrecorded):
+                        self.recorder.put(Late(row))
+                    if isinstance(result, (Claimed, Unrecorded)):
+                        log.warning("%s: skipped run%s (%s): %s", d.job, _id(result), d.trigger.value, reason)
+        # Off the path from here: after the last spawn, through the writer.
+        pids = tuple((a.run_id, a.attempt.pid) for a in spawned
+                     if a.run_id is not None and a.attempt is not None and a.attempt.pid is not None)
+        if pids:
+            self.recorder.put(Pids(pids))
         for active in spawned:
-            thread = threading.Thread(target=self._run, args=(active,), name=f"run-{active.run_id}", daemon=True)
-            active.thread = thread
-            thread.start()
-        for d, run_id, reason in held_elsewhere:
-            # Claimed, then found running in another process (a `cronpy trigger`): skipped.
-            self._record(lambda r=run_id, why=reason: self.history.finish_run(  # type: ignore[misc]
-                r, RunStatus.SKIPPED, now, duration=0.0, error=why))
-            log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
-        for d, run_id, reason in lock_failed:
-            self._record(lambda r=run_id, why=reason: self.history.finish_run(  # type: ignore[misc]
-                r, RunStatus.FAILED, now, duration=0.0, error=why))
-            log.error("%s: run %d (%s) failed to start: %s", d.job, run_id, d.trigger.value, reason)
-        for (d, reason), run_id in zip(skipped, skipped_ids):
-            if run_id:
-                log.warning("%s: skipped run %d (%s): %s", d.job, run_id, d.trigger.value, reason)
-        return [a.run_id for a in spawned]
+            self._set_holder(active)
+            self._notify(lambda o, a=active: o.run_started(a.spec, a.run_id or 0))  # type: ignore[misc]
+        for d, row, result, status, reason in not_started:
+            if isinstance(result, Claimed):
+                self.recorder.put(Outcome(Finish(result.run_id, status, now, 0.0, error=reason)))
+            else:
+                self.recorder.put(Late(replace(row, status=status, error=reason)))
+            if status is RunStatus.SKIPPED:
+                log.warning("%s: skipped run%s (%s): %s", d.job, _id(result), d.trigger.value, reason)
+            else:
+                log.error("%s: run%s (%s) failed to start: %s", d.job, _id(result), d.trigger.value, reason)
+        return [a.run_id for a in spawned if a.run_id is not None]
 
     def _until(self, when: datetime) -> None:
         """Wait for the instant of a run claimed ahead of it (see LEAD): never start early."""
@@ -561,102 +544,143 @@ class Runner:
                 return  # the wall clock was stepped back while waiting: the instant is due, run it
             self.clock.sleep_until(when, self._never)
 
-    def _claim(self, rows: list[NewRun], starting: int) -> list[int | None]:
-        """Write run rows (claiming their instants); ids, None where claimed elsewhere."""
-        if not rows:
-            return []
-        try:
-            return self.history.start_runs(rows)
-        except NotLeader as exc:
-            # A fenced store refused the claim: another runner took the lease over while this
-            # one was paused or cut off. It must not run anything it did not claim.
-            log.warning("the store refused %d claim(s): %s", len(rows), exc)
-            self._leading = False
-            self.wake.set()
-            return [0] * len(rows)
-        except CronpyError as exc:
-            if self.history.fenced:
-                # Without a claim nothing proves this runner still owns the instants: another
-                # host may be firing them. Skip them rather than risk a second run.
-                log.error("cannot claim %d due run(s) in the store, not running them: %s", len(rows), exc)
-                return [0] * len(rows)
-            # The history cannot be written (disk full, I/O error). This runner holds the
-            # scheduler lock, so nobody else fires these instants: run them, and write their
-            # rows when the database takes writes again.
-            log.error("HISTORY WRITE FAILED, running %d due run(s) unrecorded for now: %s", starting, exc)
-            return [-next(self._seq) - 1 for _ in rows]
-
-    def _spawn(self, spec: JobSpec, d: Due, run_id: int, lock: JobLock | None, now: datetime) -> _Active:
+    def _spawn(self, spec: JobSpec, d: Due, result: Claimed | Unrecorded, lock: JobLock | None,
+               now: datetime) -> _Active:
         sink = None
         if self.output is not None:
             out = self.output
             sink = lambda line: out(spec.name, line)  # noqa: E731
+        run_id = result.run_id if isinstance(result, Claimed) else None
         ctx = RunContext(spec.name, run_id, d.scheduled_for, d.attempt, d.trigger.value)
-        active = _Active(d, run_id, lock, spec, now)  # the started_at written to history
-        if self.state_dir is not None and run_id > 0:
-            # Opens its file on the first byte, on the watching thread: nothing here on the path.
+        fd = _file_lock_fd(lock)
+        self._keys += 1
+        active = _Active(self._keys, d, result, lock, spec, now)  # the started_at written to history
+        if self.state_dir is not None and run_id is not None:
+            # Opens its file on the first byte, on the supervisor's thread: nothing here on the path.
             active.output = RunOutput(self.state_dir, spec.name, run_id, spec.output_max, spec.keep_output)
-        active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir, base_env=self._base_env,
-                                 raw=active.output)
+        # The job inherits its lock: it stays taken while the job runs, even if this process dies.
+        attempt = active.attempt = Attempt(spec, ctx, sink=sink, base_dir=self.jobs.base_dir,
+                                           base_env=self._base_env, raw=active.output,
+                                           inherit_fds=(fd,) if fd is not None and fd >= 0 else ())
+        self._active[active.key] = active
+        self._running[spec.name] += 1
+        self._last_start[spec.name] = now
         if self._cancel_all:
-            active.attempt.cancel()
-        self._active[run_id] = active
-        log.info("%s: started run %d (%s, attempt %d)", d.job, run_id, d.trigger.value, d.attempt)
+            attempt.cancel()
+        self.supervisor.watch(attempt, lambda a, r, act=active: self._on_done(act, r))  # type: ignore[misc]
+        log.info("%s: started run%s (%s, attempt %d)", d.job, _id(result), d.trigger.value, d.attempt)
         return active
 
-    def _run(self, active: _Active) -> None:
-        """Watch one spawned attempt to its end (in its own thread), record it, queue a retry."""
-        d, spec, attempt = active.due, active.spec, active.attempt
-        assert attempt is not None
-        result: AttemptResult | None = None
-        try:
-            if active.lock is not None:
-                try:
-                    active.lock.set_holder(run_id=active.run_id)
-                except OSError as exc:  # who holds the lock is for `status`; the run goes on
-                    log.warning("%s: cannot write the lock holder file: %s", spec.name, exc)
-            if attempt.pid is not None and active.run_id > 0 and not active.pid_recorded:
-                self._record(lambda: self.history.set_pids([(active.run_id, attempt.pid or 0)]))
-            self._notify(lambda o: o.run_started(spec, active.run_id))
-            result = attempt.wait()
-            if result.status is not RunStatus.SUCCESS and active.run_id > 0 and self._cancelled(active.run_id):
-                result = replace(result, status=RunStatus.CANCELLED, error="cancelled by `cronpy cancel`")
-        finally:
-            finished = self.clock.now()
-            if result is None:
-                result = AttemptResult(RunStatus.FAILED, None, 0.0, "", error="cronpy failed to run the job")
-            if active.output is not None:
-                active.output.finish()  # every byte on disk before the outcome: `logs -f` ends there
-            self._record(lambda: self._finish(active, result, finished))
-            if active.lock and active.lock is not self._prelocked.get(spec.name):
-                active.lock.release()
-            level = logging.INFO if result.status is RunStatus.SUCCESS else logging.WARNING
-            log.log(level, "%s: run %d %s in %.3fs (exit %s)%s", spec.name, active.run_id, result.status.value,
-                    result.duration, result.exit_code, f": {result.error.splitlines()[-1]}" if result.error else "")
-            with self._lock:
-                del self._active[active.run_id]
-                retryable = (result.status in (RunStatus.FAILED, RunStatus.TIMEOUT)
-                             and d.attempt <= spec.retries and not self._stopping)
-                if retryable and not self._leading:
-                    log.warning("%s: not retrying run %d: this runner stepped down", spec.name, active.run_id)
-                retry = retryable and self._leading
-                if retry:
-                    delay = spec.backoff.delay(d.attempt, self.rng.random())
-                    log.info("%s: retry %d of %d in %.1fs", spec.name, d.attempt, spec.retries, delay)
-                    self._push(finished + timedelta(seconds=delay), spec.name, Trigger.RETRY,
-                               d.scheduled_for, d.attempt + 1, active.run_id)
-                if result.status is RunStatus.SUCCESS and self.chains and self._leading:
-                    self._fire_dependents(spec.name, active.run_id, finished)
-                self._idle.notify_all()
-            record = RunRecord(
-                id=active.run_id, job=spec.name, status=result.status, trigger=d.trigger, attempt=d.attempt,
-                scheduled_for=d.scheduled_for, started_at=active.started_at, finished_at=finished,
-                duration=result.duration, exit_code=result.exit_code, error=result.error, output=result.output,
-                result=result.result, pid=result.pid, host=HOST)
-            self._notify(lambda o: o.run_finished(spec, record, retry))
+    def _set_holder(self, active: _Active) -> None:
+        """Name the run and the job's process in its lock (`status`, a LockHeld message)."""
+        lock = active.lock
+        if lock is None:
+            return
+        pid = active.attempt.pid if active.attempt else None
+        if _file_lock_fd(lock) is not None:
+            try:
+                lock.set_holder(run_id=active.run_id, now=active.started_at, job_pid=pid)  # type: ignore[call-arg]
+            except OSError as exc:  # who holds the lock is for `status`; the run goes on
+                log.warning("%s: cannot write the lock holder: %s", active.spec.name, exc)
+        else:
+            run_id = active.run_id
+            self.recorder.put(Call(f"{active.spec.name}: naming the lock holder",
+                                   lambda: lock.set_holder(run_id=run_id)))
+
+    def _release(self, lock: JobLock) -> None:
+        """Release a job lock: a file lock at once (microseconds), a store's through the writer."""
+        if _file_lock_fd(lock) is not None:
+            lock.release()
+        else:
+            self.recorder.put(Call("releasing a job lock", lock.release))
+
+    # -- the end of a run ----------------------------------------------------------------------
+
+    def _on_done(self, active: _Active, result: AttemptResult) -> None:
+        """The supervisor saw the attempt end: free its slot and lock now, record it later."""
+        finished = self.clock.now()
+        output = active.output
+        if output is not None:
+            output.finish()  # every byte on disk before the outcome: `logs -f` ends there
+        self._record(active, result, finished)
+        if output is not None:  # compressing (`output: keep`) is file work: the writer's, after the outcome
+            limit = active.spec.output_max
+            self.recorder.put(Call(f"{active.spec.name}: settling the output file", lambda: output.settle(limit)))
+        lock = active.lock
+        if lock is not None and lock is not self._prelocked.get(active.spec.name):
+            try:
+                self._release(lock)
+            except OSError as exc:
+                log.error("%s: cannot release the job lock: %s", active.spec.name, exc)
+        # Never the runner's lock here: a tick holds it while it spawns a burst, and every
+        # other run's exit would wait behind it (their durations grew by the whole tick). A
+        # deque append is atomic; the loop takes it from there at once (wake).
+        self._finished.append((active, result, finished))
+        self._ended.set()
+        # The loop reaps it at once (retries, chains, observers: metrics, pings); a tick with
+        # nothing due costs no store access.
+        self.wake.set()
+
+    def reap(self) -> None:
+        """Record the runs that ended and queue their retries and chains (the loop does this at
+        every tick; a runner standing by calls it while it waits)."""
+        with self._lock:
+            self._reap()
+
+    def _reap(self) -> None:
+        while self._finished:
+            active, result, finished = self._finished.popleft()
+            self._active.pop(active.key, None)  # its slot is free for this tick's admission
+            job = active.spec.name
+            self._running[job] -= 1
+            if self._running[job] <= 0:
+                del self._running[job]
+            self._finish(active, result, finished)
+
+    def _record(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
+        """Queue the outcome to the writer (the supervisor's thread: it never waits for a store)."""
+        d = active.due
+        outcome = Finish(active.run_id or 0, result.status, finished, result.duration, result.exit_code,
+                         result.error, result.output, result.result)
+        if isinstance(active.claim, Claimed):
+            self.recorder.put(Outcome(outcome, _maybe_cancelled(result)))
+        else:  # its row could not be written when it started: the whole row, later
+            started = finished - timedelta(seconds=result.duration)
+            self.recorder.put(Late(NewRun(d.job, d.trigger, started, d.scheduled_for, d.attempt, d.parent_id),
+                                   outcome))
+
+    def _finish(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
+        """After a run's end (on the loop): log it, queue its retry or chained runs, notify."""
+        d, spec = active.due, active.spec
+        run_id = active.run_id
+        # A run that died by a signal may have been stopped by `cronpy cancel` from outside:
+        # then it is not retried (the writer records it as cancelled the same way).
+        if run_id is not None and _maybe_cancelled(result) and self._cancelled(run_id):
+            result = replace(result, status=RunStatus.CANCELLED, error=CANCELLED_ERROR)
+        level = logging.INFO if result.status is RunStatus.SUCCESS else logging.WARNING
+        log.log(level, "%s: run%s %s in %.3fs (exit %s)%s", spec.name, _id(active.claim), result.status.value,
+                result.duration, result.exit_code, f": {result.error.splitlines()[-1]}" if result.error else "")
+        retryable = (result.status in (RunStatus.FAILED, RunStatus.TIMEOUT)
+                     and d.attempt <= spec.retries and not self._stopping)
+        if retryable and not self._leading:
+            log.warning("%s: not retrying run%s: this runner stepped down", spec.name, _id(active.claim))
+        retry = retryable and self._leading
+        if retry:
+            delay = spec.backoff.delay(d.attempt, self.rng.random())
+            log.info("%s: retry %d of %d in %.1fs", spec.name, d.attempt, spec.retries, delay)
+            self.agenda.push(finished + timedelta(seconds=delay), spec.name, Trigger.RETRY,
+                             d.scheduled_for, d.attempt + 1, run_id)
             self.wake.set()
-            if active.output is not None:
-                active.output.settle(spec.output_max)  # gzip (`output: keep`) on this run's thread
+        if result.status is RunStatus.SUCCESS:
+            self._last_success[spec.name] = active.started_at
+        if result.status is RunStatus.SUCCESS and self.chains and self._leading:
+            self._fire_dependents(spec.name, run_id, finished)
+        record = RunRecord(
+            id=run_id or 0, job=spec.name, status=result.status, trigger=d.trigger, attempt=d.attempt,
+            scheduled_for=d.scheduled_for, started_at=active.started_at, finished_at=finished,
+            duration=result.duration, exit_code=result.exit_code, error=result.error, output=result.output,
+            result=result.result, pid=result.pid, host=HOST)
+        self._notify(lambda o: o.run_finished(spec, record, retry))
 
     def _notify(self, call: Callable[[Observer], None]) -> None:
         for observer in self.observers:
@@ -671,64 +695,35 @@ class Runner:
         except CronpyError:
             return False
 
-    def _fire_dependents(self, job: str, run_id: int, now: datetime) -> None:
+    def _fire_dependents(self, job: str, run_id: int | None, now: datetime) -> None:
         """Queue every job `after:` this one whose listed jobs have all succeeded since it last ran."""
-        for spec in self.jobs.jobs.values():
-            if job not in spec.after or not spec.enabled:
+        for name in self._dependents.get(job, ()):
+            spec = self.jobs.jobs.get(name)
+            if spec is None or not spec.enabled:
                 continue
             try:
-                last_run = self.history.last_started(spec.name)
+                # The store's answer, and this runner's own runs, whose rows the writer may not
+                # have written yet.
+                last_run = _latest(self.history.last_started(spec.name), self._last_start.get(spec.name))
                 ready = all(
-                    (t := self.history.last_success_started(dep)) is not None and (last_run is None or t > last_run)
+                    (t := _latest(self.history.last_success_started(dep), self._last_success.get(dep))) is not None
+                    and (last_run is None or t > last_run)
                     for dep in spec.after
                 )
             except CronpyError as exc:
                 log.error("%s: cannot check its `after:` jobs: %s", spec.name, exc)
                 continue
             if ready:
-                log.info("%s: every job in its `after:` has succeeded; running it (after run %d of %s)",
-                         spec.name, run_id, job)
-                self._push(now, spec.name, Trigger.DEPENDENCY, now, parent_id=run_id)
-
-    def _finish(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
-        run_id = active.run_id
-        if run_id < 0:  # its start could not be written: write the whole row now
-            d = active.due
-            started = finished - timedelta(seconds=result.duration)
-            written = self.history.start_run(d.job, d.trigger, started, scheduled_for=d.scheduled_for,
-                                             attempt=d.attempt, parent_id=d.parent_id)
-            if written is None:
-                log.error("%s: instant %s was claimed by another runner while history was failing",
-                          d.job, d.scheduled_for.isoformat())
-                return
-            run_id = written
-        self.history.finish_run(run_id, result.status, finished, duration=result.duration,
-                                exit_code=result.exit_code, error=result.error, output=result.output,
-                                result=result.result)
-
-    def _record(self, write: Callable[[], None]) -> None:
-        """Write to history, retrying a failed write loudly (see RECORD_BACKOFF)."""
-        patience = FLEET_RECORD_PATIENCE if self.history.fenced else 0.0
-        deadline = time.monotonic() + patience
-        attempt = 0
-        while True:
-            try:
-                write()
-                return
-            except CronpyError as exc:
-                attempt += 1
-                log.error("HISTORY WRITE FAILED (try %d%s): %s", attempt,
-                          "" if patience else f" of {RECORD_TRIES}", exc)
-                if isinstance(exc, HistoryDamaged) or (attempt >= RECORD_TRIES and time.monotonic() >= deadline):
-                    break  # a corrupt file stays corrupt: the runner is stopping on it (see service)
-                threading.Event().wait(min(RECORD_BACKOFF[1], RECORD_BACKOFF[0] * 2 ** (attempt - 1)))
-        log.critical("giving up on a history write after %d tries; the run's outcome is only in this log", attempt)
+                log.info("%s: every job in its `after:` has succeeded; running it (after run%s of %s)",
+                         spec.name, f" {run_id}" if run_id is not None else "", job)
+                self.agenda.push(now, spec.name, Trigger.DEPENDENCY, now, parent_id=run_id)
+                self.wake.set()
 
     def cancel_run(self, run_id: int) -> bool:
         """Stop one of this runner's runs (`cronpy cancel` from any host): TERM its process
         group, KILL after kill_grace; recorded as cancelled, not retried. False if not ours."""
         with self._lock:
-            active = self._active.get(run_id)
+            active = next((a for a in self._active.values() if a.run_id == run_id), None)
             if active is None or active.attempt is None:
                 return False
             log.info("%s: cancelling run %d (asked by `cronpy cancel`)", active.spec.name, run_id)
@@ -756,11 +751,9 @@ class Runner:
         """Stop scheduling (another runner leads now); runs in progress go on to their end."""
         with self._lock:
             self._leading = False
-            dropped = len(self._heap) + len(self._pending) + len(self._queued)
-            self._heap.clear()
+            dropped = self.agenda.clear() + len(self._pending) + len(self._queued)
             self._pending.clear()
             self._queued.clear()
-            self._anchors.clear()
             running = len(self._active)
         log.info("stepped down: %d scheduled entr%s dropped, %d run(s) in progress go on", dropped,
                  "y" if dropped == 1 else "ies", running)
@@ -807,29 +800,78 @@ class Runner:
         return self._stopping or time.monotonic() - self.heartbeat < max_age
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until no run is active (tests, shutdown); False if `timeout` passed first."""
+        """Block until no run is active and every outcome is written (tests, shutdown); False
+        if `timeout` passed first."""
         end = time.monotonic() + timeout
-        with self._idle:
-            while self._active:
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(min(remaining, 0.1))
-        return True
+        if not self._wait_runs(timeout):
+            return False
+        if self._recorder is None:
+            return True
+        return self._recorder.flush(max(0.0, end - time.monotonic()))
 
     @property
     def active_count(self) -> int:
+        """Runs whose child has not ended (one that ended is counted out at once, before the
+        loop has reaped it)."""
         with self._lock:
-            return len(self._active)
+            return len(self._active) - len(self._finished)
+
+    def backlog(self) -> tuple[int, float | None, float | None]:
+        """What the store writer still holds: (writes, age of the oldest, seconds failing)."""
+        if self._recorder is None:
+            return 0, None, None
+        return self._recorder.backlog()
 
     def shutdown(self, grace: float) -> None:
-        """Wait up to `grace` seconds for running jobs, then stop them; every outcome is recorded."""
+        """Wait up to `grace` seconds for running jobs, then stop them; every outcome is recorded
+        (up to FLUSH_ON_STOP seconds more while the store cannot be written)."""
         with self._lock:
             self._stopping = True
             running = len(self._active)
         if running:
             log.info("stopping: waiting up to %.0fs for %d running job(s)", grace, running)
-        if not self.wait_idle(grace):
+        if not self._wait_runs(grace):
             log.warning("stopping: grace period over, terminating running jobs")
             self.request_stop(now=True)
-            self.wait_idle(max((s.kill_grace for s in self.jobs.jobs.values()), default=10.0) + 5.0)
+            self._wait_runs(max((s.kill_grace for s in self.jobs.jobs.values()), default=10.0) + 5.0)
+        if self._recorder is not None and not self._recorder.flush(FLUSH_ON_STOP):
+            log.error("stopping: %d history write(s) still waiting for the store", self._recorder.backlog()[0])
+
+    def _wait_runs(self, timeout: float) -> bool:
+        """Reap until no run is active; False if `timeout` seconds passed first."""
+        end = time.monotonic() + timeout
+        while True:
+            self._ended.clear()
+            with self._lock:
+                self._reap()
+                if not self._active and not self._finished:
+                    return True
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._ended.wait(min(remaining, 0.1))
+
+    def close(self) -> None:
+        """Stop the supervisor and the writer threads (after shutdown)."""
+        if self._supervisor is not None:
+            self._supervisor.close()
+            self._supervisor = None
+        if self._recorder is not None:
+            self._recorder.close(FLUSH_ON_STOP)
+            self._recorder = None
+
+
+def _latest(*instants: datetime | None) -> datetime | None:
+    known = [t for t in instants if t is not None]
+    return max(known) if known else None
+
+
+def _maybe_cancelled(result: AttemptResult) -> bool:
+    """Died by a signal (or stopped by this runner), so `cronpy cancel` may be why."""
+    return (result.status not in (RunStatus.SUCCESS, RunStatus.CANCELLED)
+            and (result.exit_code is None or result.exit_code < 0 or result.status is RunStatus.INTERRUPTED))
+
+
+def _id(result: ClaimResult) -> str:
+    """ " 42" for a run with a row, " (not recorded yet)" for one without, for log lines."""
+    return f" {result.run_id}" if isinstance(result, Claimed) else " (not recorded yet)"
