@@ -122,12 +122,19 @@ def _read_yaml(path: Path) -> Any:
 def _parse_yaml(text: str) -> Any:
     import yaml
 
-    # The C-accelerated *safe* loader when libyaml is there; never a full loader.
-    safe_loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    from cronpy.errors import ConfigError
+    from cronpy.safeyaml import compose_node
+
+    # The C-accelerated *safe* loader when libyaml is there; never a full loader. Composed by
+    # safeyaml: libyaml's own composer segfaulted on deep nesting (`history -f`, completion).
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        return yaml.load(text, Loader=safe_loader)
-    except yaml.YAMLError:
+        node = compose_node(loader, "jobs file")
+        return None if node is None else loader.construct_document(node)
+    except (yaml.YAMLError, ConfigError, ValueError, TypeError):
         return None
+    finally:
+        loader.dispose()
 
 
 # The state dir holds job output (which may hold secrets), so it and everything in it are
