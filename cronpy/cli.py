@@ -2,7 +2,7 @@
 
 The console script is cronpy.fast:main, which answers completion and the read-only commands
 without importing this module (typer costs ~40 ms); everything else, and every `--help`, comes
-here. Heavy modules (the service layer, croniter) are imported inside the commands that need them.
+here. Heavy modules (the service layer, the runner) are imported inside the commands that need them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The `cronpy` entry point, and its fast path.
 
 Importing typer (with click and its completion machinery) costs ~40 ms of a ~100 ms start;
-the service layer (runner, filelock, integrations, croniter) more. The read-only commands and
+the service layer (runner, locks, integrations, the schedule parser) more. The read-only commands and
 shell completion need neither, so `main` answers them here, from `SPEC`, a plain table of every
 command's options:
 

@@ -1,7 +1,7 @@
 """The read-only commands (`history`, `show`, `stats`, `list`, `status`, `next`), shared by the
 Typer app and the fast path (cronpy.fast).
 
-They import neither typer nor the service layer (runner, filelock, integrations): `history`,
+They import neither typer nor the service layer (runner, locks, integrations): `history`,
 `show` and `stats` need only the store, the jobs file's `state_dir`/`store` lines and render.
 Each function takes plain values and returns an exit status; errors are `CronpyError`s.
 """
