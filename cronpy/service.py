@@ -618,7 +618,10 @@ def trigger(jobs: JobSet, name: str, state_dir: Path | None, *, store: str | Non
             integrations.close()
         if run_id is None:
             return EXIT_LOCKED
-        rec = history.get(run_id)
+        # The run's outcome as this process saw it end: the exit status is the job's, whatever
+        # the store's writer or another process has done to the row since.
+        last = runner.last_record
+        rec = last if last is not None and last.id == run_id else history.get(run_id)
         if report is not None:
             report(rec)
         if chain and rec.job != name:

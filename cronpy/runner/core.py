@@ -131,6 +131,9 @@ class Runner:
         # (their rows may still be in the writer's buffer).
         self._last_start: dict[str, datetime] = {}
         self._last_success: dict[str, datetime] = {}
+        #: The last run to end, as this runner saw it (`trigger` exits with its status without
+        #: waiting on a read of the store, which may still be catching up).
+        self.last_record: RunRecord | None = None
         self._writer_store = writer  # a connection of its own keeps claims unblocked (else history's)
         self._recorder: Recorder | None = None
         self.claimer = Claimer()
@@ -679,6 +682,7 @@ class Runner:
             scheduled_for=d.scheduled_for, started_at=active.started_at, finished_at=finished,
             duration=result.duration, exit_code=result.exit_code, error=result.error, output=result.output,
             result=result.result, pid=result.pid, host=HOST)
+        self.last_record = record
         self._notify(lambda o: o.run_finished(spec, record, retry))
 
     def _notify(self, call: Callable[[Observer], None]) -> None:
