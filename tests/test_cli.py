@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cronpy, wait_for
+from conftest import cronpy, on_pty, wait_for
 
 from cronpy._completions import scripts
 from cronpy.store.sqlite import SqliteStore as History
@@ -215,25 +215,8 @@ def test_help_has_an_example_for_every_command() -> None:
 
 
 def on_terminal(*args: str, cwd: Path | None = None) -> str:
-    """Run the CLI with a pseudo-terminal as stdout (as a person would) and return the screen text."""
-    import pty
-
-    master, slave = pty.openpty()
-    env = dict(os.environ, COLUMNS="200", TERM="xterm")
-    proc = subprocess.Popen([sys.executable, "-m", "cronpy", *args], stdout=slave, stderr=slave, cwd=cwd, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    proc.wait(30)
-    os.close(master)
-    return b"".join(chunks).decode(errors="replace")
+    """Run the CLI with a 200-column pseudo-terminal as stdout (as a person would); the screen text."""
+    return on_pty(*args, cols=200, cwd=cwd, timeout=30)[0]
 
 
 def test_next_and_list_show_schedules_in_words_on_a_terminal(jobs_file) -> None:

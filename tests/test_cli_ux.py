@@ -3,53 +3,22 @@ real `cronpy` binary (issue #16, and #14's rendering of user data)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cronpy, wait_for
+from conftest import cronpy, on_pty, wait_for
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 SGR = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def on_pty(*args: str, cols: int = 80, cwd: Path | None = None, env: dict[str, str] | None = None,
-           timeout: float = 60) -> tuple[str, int]:
-    """Run the CLI on a pseudo-terminal sized `cols` x 50 (TIOCSWINSZ, no $COLUMNS), as a person
-    would; return the screen text (colours removed) and the exit status."""
-    import pty
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, cols, 0, 0))
-    full = dict(os.environ, TERM="xterm", **(env or {}))
-    for var in ("COLUMNS", "LINES", "CRONPY_STATE_DIR", "CRONPY_FILE", "NO_COLOR"):
-        full.pop(var, None)
-    proc = subprocess.Popen([sys.executable, "-m", "cronpy", *args], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=cwd, env=full)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    code = proc.wait(timeout)
-    os.close(master)
-    return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n"), code
 
 
 def screen_lines(text: str) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import cronpy, wait_for
+from conftest import cronpy, query, wait_for
 from test_cli import on_terminal
 
 pytestmark = pytest.mark.slow
@@ -79,15 +78,7 @@ def free_port() -> int:
 
 
 def rows(state: Path, sql: str) -> list[tuple]:
-    if not (state / "history.db").exists():
-        return []
-    con = sqlite3.connect(state / "history.db", timeout=10)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
+    return query(state / "history.db", sql)
 
 
 def runner(path: Path, *extra: str, log: Path | None = None) -> subprocess.Popen[bytes]:
