@@ -22,7 +22,11 @@ from conftest import cronpy, query, runner, stop, wait_for
 pytestmark = pytest.mark.slow
 UTC = timezone.utc
 # Debian's libfaketime (apt-get install libfaketime), in the multiarch folder of this machine.
-FAKETIME_LIB = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), Path("/nonexistent"))
+# The MT build: the plain one re-reads FAKETIME_TIMESTAMP_FILE into a static buffer without a
+# lock, so in a threaded process (the runner) one read in a few hundred sees offset +0 while
+# another thread parses it: a clock that flickers back and forth by the step (libfaketime
+# PR #547). The MT build serialises those reads; a real clock never flickers.
+FAKETIME_LIB = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))), Path("/nonexistent"))
 
 
 def text(path: Path) -> str:
