@@ -69,6 +69,7 @@ class RunOutput:
         self.written = 0
         self._fd = -1
         self._broken = False
+        self._created = False  # the live file exists (the run printed something)
         self._lock = threading.Lock()  # write() on the watching thread, finish() on the run's
 
     def write(self, data: bytes) -> None:
@@ -80,6 +81,7 @@ class RunOutput:
                     _private_dir(self.live.parent)
                     self._fd = os.open(self.live, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
                                        0o600)
+                    self._created = True
                 room = self.limit - self.written
                 chunk = data[:room]
                 os.write(self._fd, chunk)
@@ -90,6 +92,11 @@ class RunOutput:
             except OSError as exc:
                 self._broken = True
                 log.error("%s: cannot write the run's output to %s, not keeping it: %s", self.job, self.live, exc)
+
+    @property
+    def opened(self) -> bool:
+        """A file was created (the run printed something): settle() has work to do."""
+        return self._created
 
     def finish(self) -> None:
         with self._lock:

@@ -604,10 +604,11 @@ class Runner:
         output = active.output
         if output is not None:
             output.finish()  # every byte on disk before the outcome: `logs -f` ends there
-        self._record(active, result, finished)
-        if output is not None:  # compressing (`output: keep`) is file work: the writer's, after the outcome
+        settle = None
+        if output is not None and output.opened:  # a run that printed nothing has no file to settle
             limit = active.spec.output_max
-            self.recorder.put(Call(f"{active.spec.name}: settling the output file", lambda: output.settle(limit)))
+            settle = lambda: output.settle(limit)  # noqa: E731
+        self._record(active, result, finished, settle)
         lock = active.lock
         if lock is not None and lock is not self._prelocked.get(active.spec.name):
             try:
@@ -639,17 +640,21 @@ class Runner:
                 del self._running[job]
             self._finish(active, result, finished)
 
-    def _record(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
-        """Queue the outcome to the writer (the supervisor's thread: it never waits for a store)."""
+    def _record(self, active: _Active, result: AttemptResult, finished: datetime,
+                then: Callable[[], None] | None = None) -> None:
+        """Queue the outcome to the writer (the supervisor's thread: it never waits for a store);
+        `then` (compressing or removing the output file) runs on the writer after it."""
         d = active.due
         outcome = Finish(active.run_id or 0, result.status, finished, result.duration, result.exit_code,
                          result.error, result.output, result.result)
         if isinstance(active.claim, Claimed):
-            self.recorder.put(Outcome(outcome, _maybe_cancelled(result)))
+            self.recorder.put(Outcome(outcome, _maybe_cancelled(result), then))
         else:  # its row could not be written when it started: the whole row, later
             started = finished - timedelta(seconds=result.duration)
             self.recorder.put(Late(NewRun(d.job, d.trigger, started, d.scheduled_for, d.attempt, d.parent_id),
                                    outcome))
+            if then is not None:
+                self.recorder.put(Call(f"{d.job}: settling the output file", then))
 
     def _finish(self, active: _Active, result: AttemptResult, finished: datetime) -> None:
         """After a run's end (on the loop): log it, queue its retry or chained runs, notify."""

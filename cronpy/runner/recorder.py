@@ -18,7 +18,7 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Deque, Union
 
 from cronpy.errors import CronpyError
@@ -51,6 +51,10 @@ class Outcome:
 
     finish: Finish
     cancelled_if_asked: bool = False
+    #: file work that must follow the outcome (settling the run's output file), done by the
+    #: writer once the outcome is committed. Queued as a Call of its own it would split the
+    #: outcomes' group: one commit per run (0.27 ms of CPU each, against 0.04 ms a row grouped).
+    then: Callable[[], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,12 @@ class Recorder:
             self.store.set_pids([p for item in group for p in item.pairs])
         elif isinstance(first, Outcome):
             self.store.finish_runs([self._resolve(item) for item in group])
+            for item in group:
+                if item.then is not None:
+                    try:
+                        item.then()
+                    except Exception as exc:  # file work: said, never retried (the outcome is in)
+                        log.error("%s: after recording run %d: %s", type(exc).__name__, item.finish.run_id, exc)
         elif isinstance(first, Late):
             (run_id,) = self.store.start_runs([first.row])
             if run_id is None:
