@@ -236,6 +236,13 @@ class Attempt:
         if waker is not None:
             waker()
 
+    @property
+    def waits_on_fds_only(self) -> bool:
+        """Nothing but its descriptors can move it on (no timeout, no cancel, a pidfd): a
+        watcher need not look at it before one of them fires."""
+        return (not self.finished and self.pidfd is not None and self._deadline is None
+                and not self._cancelled)
+
     def fds(self) -> list[tuple[int, str]]:
         """What to watch now: ("out", the output pipe) while open, ("exit", a pidfd) until the
         leader has exited (no pidfd: advance() polls, see its return value)."""

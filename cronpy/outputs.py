@@ -20,6 +20,7 @@ import os
 import shutil
 import threading
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
@@ -63,7 +64,7 @@ class RunOutput:
     def __init__(self, state_dir: Path, job: str, run_id: int, limit: int, keep: bool) -> None:
         self.state_dir = state_dir
         self.job = job
-        self.live, self.kept = run_paths(state_dir, job, run_id)
+        self.run_id = run_id
         self.limit = limit
         self.keep = keep
         self.written = 0
@@ -71,6 +72,15 @@ class RunOutput:
         self._broken = False
         self._created = False  # the live file exists (the run printed something)
         self._lock = threading.Lock()  # write() on the watching thread, finish() on the run's
+
+    # Made on first use: four Path joins a run (~30 us) for files most runs never create.
+    @cached_property
+    def live(self) -> Path:
+        return run_paths(self.state_dir, self.job, self.run_id)[0]
+
+    @cached_property
+    def kept(self) -> Path:
+        return run_paths(self.state_dir, self.job, self.run_id)[1]
 
     def write(self, data: bytes) -> None:
         with self._lock:

@@ -1,10 +1,15 @@
 """The supervisor: one thread watches every running attempt, instead of a thread per run.
 
 It waits (epoll) on each child's pidfd and output pipe plus one eventfd that wakes it for a
-new attempt or a cancel, and on the nearest deadline (a timeout, a kill grace, the end of a
-drain). A child's exit is seen when its pidfd fires, so the recorded duration is the job's
-own. It never touches a store: when an attempt is over it hands the outcome to `done` (the
-runner's callback, which only queues it) and goes on watching the others.
+cancel or a new attempt with a deadline, and on the nearest deadline (a timeout, a kill grace,
+the end of a drain). A child's exit is seen when its pidfd fires, so the recorded duration is
+the job's own. It never touches a store: when an attempt is over it hands the outcome to
+`done` (the runner's callback, which only queues it) and goes on watching the others.
+
+With epoll, watch() adds a new attempt's descriptors to the supervisor's epoll set itself,
+from the spawning thread: the supervisor is not woken for a spawn (a wake-up per spawn cost a
+context switch and a GIL hand-off each, in the middle of a burst), only when something of an
+attempt fires. Without epoll (not Linux), watch() hands the attempt over and wakes the loop.
 
 Where there is no pidfd (not Linux 5.3+), exits are polled every POLL_WITHOUT_PIDFD seconds
 (one waitpid per running job, 20 times a second) instead of being signalled.
@@ -16,10 +21,10 @@ import heapq
 import itertools
 import logging
 import os
-import selectors
+import select
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from cronpy.executor import Attempt, AttemptResult, drain_wake, poke, wake_fds
 from cronpy.models import RunStatus
@@ -29,18 +34,45 @@ log = logging.getLogger("cronpy")
 Done = Callable[[Attempt, AttemptResult], None]
 
 
+class _Poll:
+    """select.epoll where there is one (registering from another thread takes effect in a
+    poll already waiting), else select.poll (it does not: see Supervisor.watch)."""
+
+    def __init__(self) -> None:
+        self.shared = hasattr(select, "epoll")
+        self._p: Any = select.epoll() if self.shared else select.poll()
+        self._in = select.EPOLLIN if self.shared else select.POLLIN
+
+    def register(self, fd: int) -> None:
+        self._p.register(fd, self._in)
+
+    def unregister(self, fd: int) -> None:
+        self._p.unregister(fd)
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        if self.shared:
+            return self._p.poll(-1 if timeout is None else timeout)
+        return self._p.poll(None if timeout is None else timeout * 1000)
+
+    def close(self) -> None:
+        if self.shared:
+            self._p.close()
+
+
 class Supervisor:
     """Watch attempts to their end; see the module docstring. Thread-safe: watch() and the
     attempts' cancel() may be called from any thread."""
 
     def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
+        self._poll = _Poll()
         self._wake_r, self._wake_w = wake_fds()
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._poll.register(self._wake_r)
+        # Guards the registrations (watch() makes them on the spawning thread), _touched and
+        # _closed. Never held while an attempt reads its pipe or a `done` runs.
         self._mutex = threading.Lock()
-        self._incoming: list[tuple[Attempt, Done]] = []
-        self._touched: set[int] = set()  # attempts to advance at the next wake-up (a cancel)
+        self._touched: set[int] = set()  # attempts to advance at the next wake-up (new, cancelled)
         self._watched: dict[int, tuple[Attempt, Done, dict[int, str]]] = {}  # by id(attempt)
+        self._fds: dict[int, tuple[int, str]] = {}  # fd -> (id(attempt), kind)
         self._timers: list[tuple[float, int, int]] = []  # (when, seq, id(attempt)), lazily pruned
         self._next: dict[int, float | None] = {}
         self._seq = itertools.count()
@@ -53,9 +85,16 @@ class Supervisor:
         thread) once it is over. It must return at once: it holds up every other run."""
         key = id(attempt)
         attempt.waker = lambda: self._touch(key)
+        quiet = self._poll.shared and attempt.waits_on_fds_only
         with self._mutex:
-            self._incoming.append((attempt, done))
-        poke(self._wake_w)
+            registered: dict[int, str] = {}
+            self._watched[key] = (attempt, done, registered)
+            if quiet:
+                self._sync(key, attempt, registered)
+            else:
+                self._touched.add(key)
+        if not quiet:
+            poke(self._wake_w)
 
     def _touch(self, key: int) -> None:
         with self._mutex:
@@ -75,13 +114,9 @@ class Supervisor:
         try:
             while True:
                 with self._mutex:
-                    incoming, self._incoming = self._incoming, []
                     touched, self._touched = self._touched, set()
-                    if self._closed and not self._watched and not incoming:
+                    if self._closed and not self._watched:
                         break
-                for attempt, done in incoming:
-                    self._watched[id(attempt)] = (attempt, done, {})
-                    touched.add(id(attempt))
                 now = time.monotonic()
                 while self._timers and self._timers[0][0] <= now:
                     _, _, key = heapq.heappop(self._timers)
@@ -92,11 +127,14 @@ class Supervisor:
                 if self._timers:
                     timeout = max(0.0, self._timers[0][0] - time.monotonic())
                 touched = set()
-                for sel_key, _ in self._sel.select(timeout):
-                    if sel_key.data is None:
+                for fd, _ in self._poll.poll(timeout):
+                    if fd == self._wake_r:
                         drain_wake(self._wake_r)
                         continue
-                    key, kind = sel_key.data
+                    data = self._fds.get(fd)
+                    if data is None:
+                        continue
+                    key, kind = data
                     entry = self._watched.get(key)
                     if entry is not None:
                         entry[0].on_ready(kind)
@@ -108,12 +146,25 @@ class Supervisor:
             log.critical("the supervisor loop failed", exc_info=True)
             raise
         finally:
-            self._sel.close()
+            self._poll.close()
             for fd in {self._wake_r, self._wake_w}:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
+
+    def _sync(self, key: int, attempt: Attempt, registered: dict[int, str]) -> None:
+        """Make the poll set hold what the attempt wants watched now (under the mutex)."""
+        wanted = {} if attempt.finished else dict(attempt.fds())
+        for fd in [fd for fd in registered if fd not in wanted]:
+            self._poll.unregister(fd)
+            del registered[fd]
+            self._fds.pop(fd, None)
+        for fd, kind in wanted.items():
+            if fd not in registered:
+                registered[fd] = kind
+                self._fds[fd] = (key, kind)
+                self._poll.register(fd)
 
     def _advance(self, key: int, now: float) -> None:
         entry = self._watched.get(key)
@@ -121,19 +172,14 @@ class Supervisor:
             return
         attempt, done, registered = entry
         until = attempt.advance(now)
-        wanted = {} if attempt.finished else dict(attempt.fds())
-        for fd in [fd for fd in registered if fd not in wanted]:
-            self._sel.unregister(fd)
-            del registered[fd]
-        for fd, kind in wanted.items():
-            if fd not in registered:
-                self._sel.register(fd, selectors.EVENT_READ, (key, kind))
-                registered[fd] = kind
+        with self._mutex:
+            self._sync(key, attempt, registered)
+            if attempt.finished:
+                del self._watched[key]
         if attempt.finished:
-            del self._watched[key]
             self._next.pop(key, None)
             try:
-                result = attempt.result()
+                result = attempt.result()  # closes its descriptors: unregistered above
             except Exception as exc:  # an unreadable result must not take the loop down
                 log.exception("reading the outcome of a run failed")
                 result = AttemptResult(RunStatus.FAILED, None, 0.0, "", error=f"cronpy failed to run the job: {exc}")
