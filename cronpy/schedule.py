@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import calendar
 import functools
-import hashlib
 import re
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -146,6 +145,10 @@ class _Field:
 def _hash(key: str, kind: _Kind) -> int:
     # One digest per field (the field's name is the salt), so a job's hashed minute says
     # nothing about its hashed hour: `H H * * *` reaches all 1,440 minutes of the day.
+    # Imported here: hashlib maps OpenSSL's libcrypto, 3.7 MB of a runner's RSS that only
+    # `H` schedules need.
+    import hashlib
+
     return int.from_bytes(hashlib.sha256(f"{key}\0{kind.name}".encode()).digest()[:8], "big")
 
 

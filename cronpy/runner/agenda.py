@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Collection, Iterable
 
-from cronpy.models import Every, JobSpec, Trigger
+from cronpy.models import Cron, Every, JobSpec, Trigger
 from cronpy.schedule import next_fire
 
 # An instant found late by less than this (a busy machine, a slow tick) still fires; one
@@ -48,6 +48,11 @@ class Agenda:
         self.heap: list[Due] = []
         self.anchors: dict[str, datetime] = {}  # an interval job's cadence
         self._seq = itertools.count()
+        # Next instants of cron schedules after `_memo_after`, by (expression, zone, hash name):
+        # the jobs due at one instant mostly share a few schedules, and each cron walk is
+        # ~25 us (100 jobs every second: 2.5 ms a tick, 5% of the loop thread's CPU).
+        self._memo_after: datetime | None = None
+        self._memo: dict[tuple[str, str, str], datetime | None] = {}
 
     def seq(self) -> int:
         """A tie-breaker for entries due at the same instant (first pushed, first out)."""
@@ -61,7 +66,18 @@ class Agenda:
 
     def schedule_next(self, spec: JobSpec, after: datetime) -> None:
         """Push the job's next instant strictly after `after`, keeping an interval's cadence."""
-        nxt = next_fire(spec, after, self.anchors.get(spec.name))
+        sched = spec.schedule
+        if isinstance(sched, Cron):
+            if after != self._memo_after:
+                self._memo_after, self._memo = after, {}
+            # An `H` field hashes the job's name: such a schedule is its own.
+            key = (sched.expr, spec.timezone, spec.name if "h" in sched.expr.lower() else "")
+            if key in self._memo:
+                nxt = self._memo[key]
+            else:
+                nxt = self._memo[key] = next_fire(spec, after)
+        else:
+            nxt = next_fire(spec, after, self.anchors.get(spec.name))
         if nxt is None:
             return
         if isinstance(spec.schedule, Every):

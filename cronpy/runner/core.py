@@ -526,6 +526,9 @@ class Runner:
         if pids:
             self.recorder.put(Pids(pids))
         for active in spawned:
+            # Logged after the last spawn: ~25 us a line, 5 ms of a burst of 200 otherwise.
+            d = active.due
+            log.info("%s: started run%s (%s, attempt %d)", d.job, _id(active.claim), d.trigger.value, d.attempt)
             self._set_holder(active)
             self._notify(lambda o, a=active: o.run_started(a.spec, a.run_id or 0))  # type: ignore[misc]
         for d, row, result, status, reason in not_started:
@@ -570,7 +573,6 @@ class Runner:
         if self._cancel_all:
             attempt.cancel()
         self.supervisor.watch(attempt, lambda a, r, act=active: self._on_done(act, r))  # type: ignore[misc]
-        log.info("%s: started run%s (%s, attempt %d)", d.job, _id(result), d.trigger.value, d.attempt)
         return active
 
     def _set_holder(self, active: _Active) -> None:
