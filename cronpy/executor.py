@@ -282,6 +282,10 @@ class Attempt:
         if self._ended_at is None and (self._exit_ready or self.pidfd is None) and self._reap():
             self._ended_at = now
             self._drain_until = now + DRAIN
+            if self._pipe_open:
+                # The pipe's end of file is usually there already (the leader held the last
+                # write end): read it now, not at one more wake-up of the watcher.
+                self._pipe_open = self._read_some()
         # While a TERM'd group has its grace, a child of it may still hold the pipe: wait for
         # the KILL rather than stop reading.
         if self._drain_until is not None and (
