@@ -137,6 +137,10 @@ class Runner:
         self.last_record: RunRecord | None = None
         self._writer_store = writer  # a connection of its own keeps claims unblocked (else history's)
         self._recorder: Recorder | None = None
+        # The writer and the supervisor start on first use, which may come from two threads at
+        # once (the loop queues a pid while the supervisor queues a `true` job's outcome): one
+        # lock of their own, never the runner's (a tick holds that while it spawns a burst).
+        self._start_lock = threading.Lock()
         self.claimer = Claimer()
         self._supervisor: Supervisor | None = None
         #: monotonic time of the loop's last pass (standby included): the watchdog's evidence
@@ -149,16 +153,24 @@ class Runner:
 
     @property
     def recorder(self) -> Recorder:
-        """The store writer (started on first use)."""
-        if self._recorder is None:
-            self._recorder = Recorder(self._writer_store or self.history)
-        return self._recorder
+        """The store writer (started on first use, once, whichever thread needs it first)."""
+        recorder = self._recorder
+        if recorder is None:
+            with self._start_lock:
+                if self._recorder is None:
+                    self._recorder = Recorder(self._writer_store or self.history)
+                recorder = self._recorder
+        return recorder
 
     @property
     def supervisor(self) -> Supervisor:
-        if self._supervisor is None:
-            self._supervisor = Supervisor()
-        return self._supervisor
+        supervisor = self._supervisor
+        if supervisor is None:
+            with self._start_lock:
+                if self._supervisor is None:
+                    self._supervisor = Supervisor()
+                supervisor = self._supervisor
+        return supervisor
 
     @staticmethod
     def _dependents_of(jobs: JobSet) -> dict[str, list[str]]:
