@@ -233,6 +233,7 @@ def test_cancel_stops_a_run_records_cancelled_and_does_not_retry(jobs_file, tmp_
 def test_status_shows_the_scheduler_running_runs_next_due_and_failures(jobs_file, tmp_path: Path) -> None:
     path = jobs_file("""
         state_dir: state
+        shutdown_grace: 1s  # the stop at the end does not wait out `sleep 30`
         jobs:
           long: {schedule: '* * * * * *', command: 'sleep 30'}
           daily: {schedule: '0 3 * * *', command: 'true'}

@@ -335,3 +335,27 @@ def test_upcoming_lists_the_soonest_instants_in_order_among_many_jobs(harness) -
     expected = sorted(h.runner.agenda.heap)[:10]
     assert h.runner.upcoming(10) == expected
     assert h.runner.next_due() == expected[0]
+
+
+def test_one_store_writer_per_runner_whichever_threads_first_need_it(harness) -> None:
+    # The supervisor's thread (a `true` job's outcome) and the loop's (its pid) both reach for
+    # the writer, which starts on first use. Two writers made at once left one of them with the
+    # outcome and no one to flush it: `cronpy trigger` exited with its run still `running`.
+    import threading
+
+    h = harness("jobs:\n  a: {schedule: '0 10 * * *', command: 'true'}\n", datetime(2026, 5, 4, 9, tzinfo=UTC))
+    for _ in range(20):
+        h.runner.close()  # no writer yet: the next use starts one
+        barrier = threading.Barrier(8)
+        seen: list[object] = []
+
+        def grab() -> None:
+            barrier.wait()
+            seen.append(h.runner.recorder)
+
+        threads = [threading.Thread(target=grab) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len({id(r) for r in seen}) == 1, "two store writers for one runner"

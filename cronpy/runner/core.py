@@ -30,6 +30,7 @@ from cronpy.errors import CronpyError, HistoryError, LockHeld
 from cronpy.executor import Attempt, AttemptResult, RunContext
 from cronpy.integrations import Observer
 from cronpy.models import At, Every, Finish, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
+from cronpy.redact import cronpy_logger
 from cronpy.runner.admission import admit
 from cronpy.runner.agenda import LEAD, MISFIRE_GRACE, Agenda, Due
 from cronpy.runner.claimer import Claimed, Claimer, ClaimResult, Refused, Taken, Unrecorded
@@ -42,7 +43,7 @@ from cronpy.schedule import compile_cron, latest_fire, next_fire
 
 __all__ = ["FIRST_BATCH", "LEAD", "MISFIRE_GRACE", "Due", "OutputSink", "Runner"]
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 # Runs of a burst claimed (and so started) before the rest are claimed; see _dispatch.
 FIRST_BATCH = 4
@@ -136,6 +137,10 @@ class Runner:
         self.last_record: RunRecord | None = None
         self._writer_store = writer  # a connection of its own keeps claims unblocked (else history's)
         self._recorder: Recorder | None = None
+        # The writer and the supervisor start on first use, which may come from two threads at
+        # once (the loop queues a pid while the supervisor queues a `true` job's outcome): one
+        # lock of their own, never the runner's (a tick holds that while it spawns a burst).
+        self._start_lock = threading.Lock()
         self.claimer = Claimer()
         self._supervisor: Supervisor | None = None
         #: monotonic time of the loop's last pass (standby included): the watchdog's evidence
@@ -148,16 +153,24 @@ class Runner:
 
     @property
     def recorder(self) -> Recorder:
-        """The store writer (started on first use)."""
-        if self._recorder is None:
-            self._recorder = Recorder(self._writer_store or self.history)
-        return self._recorder
+        """The store writer (started on first use, once, whichever thread needs it first)."""
+        recorder = self._recorder
+        if recorder is None:
+            with self._start_lock:
+                if self._recorder is None:
+                    self._recorder = Recorder(self._writer_store or self.history)
+                recorder = self._recorder
+        return recorder
 
     @property
     def supervisor(self) -> Supervisor:
-        if self._supervisor is None:
-            self._supervisor = Supervisor()
-        return self._supervisor
+        supervisor = self._supervisor
+        if supervisor is None:
+            with self._start_lock:
+                if self._supervisor is None:
+                    self._supervisor = Supervisor()
+                supervisor = self._supervisor
+        return supervisor
 
     @staticmethod
     def _dependents_of(jobs: JobSet) -> dict[str, list[str]]:

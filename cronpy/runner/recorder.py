@@ -15,18 +15,18 @@ runner's log line for that run). Either is logged once per outage, not per run.
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Deque, Union
 
 from cronpy.errors import CronpyError
+from cronpy.redact import cronpy_logger
 from cronpy.store import NewRun
 from cronpy.models import Finish, RunStatus
 from cronpy.store import Store
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 MAX_PENDING = 50_000  # ~25 MB of outcomes without output: hours of an outage at 1 run/s
 MAX_OUTPUT_BYTES = 32 * 1024 * 1024  # 512 full 64 KiB tails

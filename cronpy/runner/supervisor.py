@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import select
 import threading
@@ -28,8 +27,9 @@ from typing import Any, Callable
 
 from cronpy.executor import Attempt, AttemptResult, drain_wake, poke, wake_fds
 from cronpy.models import RunStatus
+from cronpy.redact import cronpy_logger
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 Done = Callable[[Attempt, AttemptResult], None]
 
