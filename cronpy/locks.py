@@ -185,9 +185,13 @@ class FileLeadership:
     the holder dies and it stays valid for as long as this process holds it."""
 
     poll_interval = 0.25
+    refused: str | None = None  # a file lock is refused only by being held
 
     def __init__(self, lock: Lock) -> None:
         self.lock = lock
+
+    def lock_file(self) -> tuple[Path, tuple[int, int] | None] | None:
+        return self.lock.path, self.lock.opened_identity()
 
     def try_acquire(self) -> bool:
         try:
