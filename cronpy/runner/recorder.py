@@ -12,8 +12,9 @@ variable CRONPY_HISTORY_BUFFER="ITEMS[,BYTES]" sets smaller or larger bounds). W
 bound is reached, waiting pid updates are dropped first (a pid is only for `status`); when the
 output budget is spent, further outcomes are kept without their output (marked so); when the
 buffer holds nothing but outcomes, new outcomes are dropped (each is still in the runner's log
-line for that run). Each of the three is logged once per outage, not per run, and the line
-that says the writes resumed counts what was dropped.
+line for that run). Calls (a job lock's release, an output file's housekeeping) are never
+dropped. Each of the three losses is logged once per outage, not per run, and the line that
+says the writes resumed (or caught up) counts what was dropped.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ class Recorder:
 
     def _make_room(self, item: Item) -> bool:
         """The buffer is full: drop a waiting pid update (or `item` itself if it is one) to make
-        room, else drop `item`. Each kind of loss is logged once per outage."""
+        room, else drop `item`; a Call is kept over the bound (a job lock's release, an output
+        file's housekeeping: dropping one would hold the lock or the file forever). Each kind of
+        loss is logged once per outage."""
         victim = None if isinstance(item, Pids) else next(
             (i for i, (_, queued) in enumerate(self._items) if i >= self._inflight and isinstance(queued, Pids)), None)
         if isinstance(item, Pids) or victim is not None:
@@ -149,12 +152,14 @@ class Recorder:
                 self._said_pids = True
                 log.error("the history buffer is full (%d writes waiting for the store): pid updates are "
                           "dropped first", len(self._items))
-            return victim is not None
+            return victim is not None or isinstance(item, Call)
+        if isinstance(item, Call):
+            return True
         self._dropped += 1
         if not self._said_full:
             self._said_full = True
-            log.critical("the history buffer is full of outcomes (%d waiting for the store): new outcomes "
-                         "are not recorded until it drains; each is still in this log", len(self._items))
+            log.critical("the history buffer is full (%d writes waiting for the store): new outcomes are "
+                         "not recorded until it drains; each is still in this log", len(self._items))
         return False
 
     def _within_output_budget(self, item: Outcome | Late) -> Outcome | Late:
@@ -246,12 +251,16 @@ class Recorder:
                     self._failing_since = self._now()
                     log.error("HISTORY WRITE FAILED, keeping %d write(s) to retry until the store takes "
                               "writes again (runs go on): %s", len(self._items), self._error or error)
-                elif not failing and self._failing_since is not None and not self._items:
+                elif not failing and not self._items and (
+                        self._failing_since is not None or self._dropped or self._stripped or self._dropped_pids):
+                    # Said also when no write failed outright: a store that only made each write
+                    # wait (SQLite's busy_timeout) fills the buffer just the same.
                     lost = [f"{n} {what}" for n, what in ((self._dropped, "outcome(s) dropped"),
                                                           (self._stripped, "output(s) not kept"),
                                                           (self._dropped_pids, "pid update(s) dropped")) if n]
-                    log.warning("history writes resumed after %.1fs; everything waiting has been written%s",
-                                self._now() - self._failing_since,
+                    log.warning("history writes %s; everything waiting has been written%s",
+                                "caught up" if self._failing_since is None else
+                                f"resumed after {self._now() - self._failing_since:.1f}s",
                                 f" except: {', '.join(lost)} while the buffer was full" if lost else "")
                     self._failing_since = None
                     self._said_pids = self._said_output = self._said_full = False
