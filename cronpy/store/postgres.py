@@ -233,8 +233,9 @@ class PgStore(SqlStore):
     # -- the dialect -------------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[Tx]:
-        with self._db.use(transaction=True) as cur:
+    def _tx(self, *, one_statement: bool = False) -> Iterator[Tx]:
+        # The connection autocommits: a lone statement is its own transaction.
+        with self._db.use(transaction=not one_statement) as cur:
             yield _Cursor(cur)
 
     @contextmanager
