@@ -128,6 +128,8 @@ class Recorder:
     # -- the runner's side (never blocks on the store) -----------------------------------------
 
     def put(self, item: Item) -> None:
+        """Queue `item` to be written in order; never blocks on the store, never raises. When
+        the buffer is full, what is dropped follows the module docstring."""
         with self._cond:
             if len(self._items) >= self.max_pending:
                 if not self._make_room(item):

@@ -39,6 +39,8 @@ class RetryPolicy:
     patience: float = 0.0
 
     def delays(self) -> Iterator[float]:
+        """The waits between tries, endless: first, first*factor, … capped at `cap`. For a
+        caller that retries in a loop of its own (the store writer); others use call()."""
         delay = self.first
         while True:
             yield delay
