@@ -294,7 +294,8 @@ class SqlStore:
             return bool(tx.run("DELETE FROM paused WHERE job = ?", (job,)).rowcount == 1)
 
     def paused(self) -> dict[str, datetime]:
-        return {job: self._from_db(since) for job, since in self._read("SELECT job, since FROM paused")}  # type: ignore[misc]
+        rows = [(job, self._from_db(since)) for job, since in self._read("SELECT job, since FROM paused")]
+        return {job: since for job, since in rows if since is not None}  # `since` is NOT NULL
 
     def request_cancel(self, run_id: int, now: datetime) -> None:
         with self._tx() as tx:
