@@ -87,3 +87,34 @@ def test_the_dashboard_reads_a_fleet_store_leader_and_heartbeats(pg_url: str, tm
         dash.close()
     finally:
         leader.close()
+
+
+def test_the_jobs_page_data_follows_each_run_that_starts_ends_or_is_pruned(tmp_path: Path) -> None:
+    # The jobs page keeps each job's latest runs between polls and reads a job's again only
+    # when its counts change: every change a user can see must still show on the next poll.
+    from cronpy.store.sqlite import SqliteStore
+    from cronpy.web.data import Dashboard
+
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("state_dir: state\njobs:\n  a: {schedule: 1h, command: 'true'}\n  b: {schedule: 1h, command: 'true'}\n")
+    writer = SqliteStore.open(tmp_path / "state")
+    dash = Dashboard(str(jobs), None, None)
+    try:
+        old = add(writer, "a", RunStatus.SUCCESS, T0 - timedelta(days=30))
+        add(writer, "b", RunStatus.FAILED, T0)
+
+        def window(job: str) -> list[tuple[int, RunStatus]]:
+            row = next(r for r in dash.job_rows() if r.name == job)
+            return [(r.id, r.status) for r in row.window]
+
+        assert window("a") == [(old, RunStatus.SUCCESS)]
+        running = add(writer, "a", RunStatus.RUNNING, T0)
+        assert window("a") == [(old, RunStatus.SUCCESS), (running, RunStatus.RUNNING)]
+        writer.finish_run(running, RunStatus.FAILED, T0 + timedelta(seconds=1), duration=1.0, exit_code=1)
+        assert window("a") == [(old, RunStatus.SUCCESS), (running, RunStatus.FAILED)]
+        assert writer.prune(T0 - timedelta(days=1)) >= 1
+        assert window("a") == [(running, RunStatus.FAILED)]
+        assert window("b")[-1][1] is RunStatus.FAILED
+    finally:
+        dash.close()
+        writer.close()
