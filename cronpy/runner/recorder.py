@@ -103,14 +103,15 @@ class Recorder:
 
     def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic, *,
                  max_pending: int | None = None, max_output_bytes: int | None = None,
-                 retry: RetryPolicy = WRITE) -> None:
-        """`max_pending`/`max_output_bytes`: the buffer's bounds (default: buffer_bounds())."""
+                 retry: RetryPolicy | None = None) -> None:
+        """`max_pending`/`max_output_bytes`: the buffer's bounds (default: buffer_bounds());
+        `retry`: the waits between tries of a failing store (default: retry.WRITE)."""
         self.store = store
         self._now = clock
         default_items, default_bytes = buffer_bounds()
         self.max_pending = default_items if max_pending is None else max_pending
         self.max_output_bytes = default_bytes if max_output_bytes is None else max_output_bytes
-        self._retry = retry
+        self._retry = retry or WRITE
         self._items: Deque[tuple[float, Item]] = collections.deque()  # (queued at, item)
         self._cond = threading.Condition()
         self._busy = False  # a batch is being written
