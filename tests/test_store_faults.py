@@ -243,7 +243,10 @@ def test_postgresql_stopped_mid_run_fires_timeouts_on_time_drains_output_and_rec
 
     if find_bindir() is None:
         pytest.skip("PostgreSQL server binaries not found")
-    server = PgServer()  # its own server: the session's must not go down under other tests
+    # Its own server: the session's must not go down under other tests. Synchronous commit on,
+    # as in production: with it off (the session server's setting, for speed) an immediate
+    # shutdown loses the last commits, here the runner's fresh schema and lease.
+    server = PgServer(fsync=True)
     url = server.new_database()
     path = tmp_path / "jobs.yaml"
     path.write_text(f"store: {url}\nleader_lease: 2s\njobs:\n"
@@ -284,17 +287,19 @@ def test_postgresql_stopped_mid_run_fires_timeouts_on_time_drains_output_and_rec
         stop(proc)
         server.stop()
     text = log.read_text()
+    # The bounds leave room for a loaded machine, and are well under the 6 s outage that a
+    # supervision waiting on the store would add (issue #12 saw `timeout: 3s` recorded at 51 s).
     for run_id, job, status, duration, started, _ in caught_rows:
         if job == "slow":  # SIGTERM at its 2 s timeout, while the database was down
-            assert (status, run_id) == ("timeout", run_id) and duration < 3.0, (run_id, status, duration)
+            assert status == "timeout" and duration < 3.5, (caught_rows, text)
         else:  # its 300 KB were read, so it ended a second after it started
-            assert status == "success" and duration < 2.5, (run_id, status, duration)
+            assert status == "success" and duration < 3.5, (caught_rows, text)
         assert started < down
-    assert "stepped down as the scheduler" in text
+    assert "stepped down as the scheduler" in text, text
     assert text.count("HISTORY WRITE FAILED") <= 2, text  # once per outage (claims, writer), not per run
     # Exactly-once survived: no instant twice, nothing ran unclaimed during the outage.
-    assert len(instants) == len(set(instants))
-    assert not unclaimed, unclaimed
+    assert len(instants) == len(set(instants)), text
+    assert not unclaimed, (unclaimed, down, up, text)
 
 
 @pytest.mark.slow
