@@ -1,11 +1,6 @@
 """cronpy: a job runner driven by a declarative YAML jobs file."""
 
-import logging as _logging
-
-from cronpy.redact import RedactingFilter as _RedactingFilter
+# Nothing is imported here: every command, the fast read-only ones included, pays for what
+# this file imports. The logger's redaction is set up by cronpy.redact.cronpy_logger.
 
 __version__ = "0.1.0"
-
-# Every module logs to "cronpy": its records are redacted before any handler sees them, even
-# Python's last-resort handler when a command set up no logging (`history` with a fleet store).
-_logging.getLogger("cronpy").addFilter(_RedactingFilter())

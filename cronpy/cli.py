@@ -1,8 +1,8 @@
 """The `cronpy` command: parse options, call one core function, render, map errors to exit codes.
 
-The console script is cronpy.fast:main, which answers completion and the read-only commands
-without importing this module (typer costs ~40 ms); everything else, and every `--help`, comes
-here. Heavy modules (the service layer, the runner) are imported inside the commands that need them.
+The console script is cronpy.fast:main, which answers completion, the read-only commands and
+`--help` (from this app's texts, rendered by cronpy._helpgen) without importing this module
+(typer costs ~40 ms); everything else comes here. Heavy modules (the service layer, the runner) are imported inside the commands that need them.
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ command's options:
   SHELL` prints) reads only `SPEC` and, for job names, the jobs file;
 - `history`, `show`, `stats` and `list` are parsed here and run `cronpy.reads`, which the Typer
   commands call too, so both paths behave the same;
-- anything this parser does not fully understand (`--help`, an unknown option, a bad number,
-  any other command) goes to the Typer app in cronpy.cli, which prints the usual usage errors.
+- `cronpy --help` and `cronpy CMD --help` print the app's own help texts, rendered into
+  cronpy/_help.py by `python -m cronpy._helpgen` (a test fails when they drift);
+- anything this parser does not fully understand (an unknown option, a bad number, any other
+  command, help on a terminal under 80 columns) goes to the Typer app in cronpy.cli, which
+  prints the usual usage errors.
 
 How a command joins: add its `Cmd` to `SPEC` (a test checks that `SPEC` matches the Typer app,
 option for option). For the fast path too, add a function taking the parsed options as keyword
@@ -214,20 +217,57 @@ FAST: dict[str, Callable[..., int]] = {"history": _history, "show": _show, "stat
 def guarded(fn: Callable[[], int | None]) -> int:
     """Run a command body: a CronpyError becomes `Error: …` and its exit status; a closed pipe
     (`cronpy history | head`) ends quietly."""
-    from cronpy.errors import CronpyError
-
     try:
         return fn() or 0
-    except CronpyError as exc:
+    except BrokenPipeError:
+        # Python would complain again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        # cronpy.errors is imported only when something failed: `--help` never needs it.
+        from cronpy.errors import CronpyError
+
+        if not isinstance(exc, CronpyError):
+            raise
         from cronpy.redact import redact_text
 
         # A store error may quote its URL: never print the password or a token in it.
         sys.stderr.write(f"Error: {redact_text(str(exc))}\n")
         return exc.exit_code
-    except BrokenPipeError:
-        # Python would complain again while flushing stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+
+
+HELP_FLAGS = ("--help", "-h")
+
+
+def _terminal_columns() -> int:
+    """The width click formats help for, found as shutil.get_terminal_size does ($COLUMNS, then
+    stdout's terminal, then 80) without importing shutil (bz2, lzma: ~5 ms)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+    return columns or 80
+
+
+def help_text(argv: list[str]) -> str | None:
+    """The text of `cronpy --help` / `cronpy CMD --help` (or -h), rendered from the Typer app into
+    cronpy/_help.py (python -m cronpy._helpgen; a test keeps it current), or None for anything
+    else, or a terminal narrower than the help was rendered for (the app then renders it)."""
+    if not argv or argv[-1] not in HELP_FLAGS or len(argv) > 2 or (len(argv) == 2 and argv[0] not in SPEC):
+        return None
+    from cronpy._help import HELP, WIDTH
+
+    return HELP.get(argv[0] if len(argv) == 2 else "") if _terminal_columns() >= WIDTH else None
+
+
+def _write(text: str) -> int:
+    sys.stdout.write(text)
+    return 0
 
 
 def main() -> None:
@@ -239,6 +279,9 @@ def main() -> None:
     if argv in (["--version"], ["-V"]):
         sys.stdout.write(f"cronpy {_version()}\n")
         sys.exit(0)
+    text = help_text(argv)
+    if text is not None:
+        sys.exit(guarded(lambda: _write(text)))
     if argv and argv[0] in FAST:
         params = parse(SPEC[argv[0]], argv[1:])
         if params is not None:

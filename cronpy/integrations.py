@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import subprocess
 import tempfile
@@ -25,9 +24,9 @@ from concurrent.futures import Future, wait
 from typing import Callable, Protocol
 
 from cronpy.models import JobSpec, NotifyWhen, RunRecord, RunStatus
-from cronpy.redact import redact_url
+from cronpy.redact import cronpy_logger, redact_url
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 HTTP_TIMEOUT = 5.0  # seconds for one ping or webhook request
 HOOK_TIMEOUT = 60.0  # seconds for one hook command

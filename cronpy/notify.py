@@ -7,13 +7,14 @@ scheduler must not stop because the service manager went away.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
 from typing import Callable
 
-log = logging.getLogger("cronpy")
+from cronpy.redact import cronpy_logger
+
+log = cronpy_logger()
 
 
 class Notifier:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 import shutil
 import threading
@@ -23,11 +22,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
+from cronpy.redact import cronpy_logger
+
 if TYPE_CHECKING:
     from cronpy.models import RunRecord
     from cronpy.store import Store
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 OUTPUT_DIR = "output"
 BOOT_FILE = "boot.json"

@@ -22,13 +22,15 @@ import json
 import os
 import re
 import sys
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from cronpy.durations import format_duration
-from cronpy.models import JobSpec, JobStats, RunRecord, RunStatus
+from cronpy.models import JobStats, RunRecord, RunStatus
+
+if TYPE_CHECKING:
+    from cronpy.models import JobSpec
 
 STATUS_STYLE = {
     RunStatus.SUCCESS: "green",
@@ -95,6 +97,8 @@ def visible_lines(text: str) -> str:
 
 
 def _char_width(ch: str) -> int:
+    import unicodedata  # only for non-ASCII text: ~1.5 ms of every table's start-up otherwise
+
     if unicodedata.combining(ch):
         return 0
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1

@@ -23,7 +23,7 @@ from typing import Callable
 from cronpy.clock import Clock, StepDetector, SystemClock
 from cronpy.config import MAX_DURATION, check_runnable, get_job, load_jobs
 from cronpy.paths import private_dir, resolve_state_dir, resolve_store, secure_state_dir, write_private
-from cronpy.redact import RedactingFilter, redact_text, redact_url
+from cronpy.redact import RedactingFilter, cronpy_logger, redact_text, redact_url
 from cronpy.errors import (EXIT_LOCKED, EXIT_TIMEOUT, EXIT_USAGE, ConfigError, CronpyError, HistoryDamaged, HistoryError,
                            LockHeld, NoHistory, RunNotFound, StoreUnreachable)
 from cronpy.executor import ensure_fd_budget, terminate_run
@@ -41,7 +41,7 @@ from cronpy.store.retry import OPEN, GaveUp
 # Re-exported: `list` and `next` call service.describe; the web imports cronpy.words directly.
 from cronpy.words import describe
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 _print_lock = threading.Lock()
 
 # Priorities of sd-daemon(3), for lines read by the journal.

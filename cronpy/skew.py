@@ -10,11 +10,12 @@ leader steps down. Both are keys of the jobs file (defaults below).
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
-log = logging.getLogger("cronpy")
+from cronpy.redact import cronpy_logger
+
+log = cronpy_logger()
 
 # NTP keeps hosts within milliseconds; a second is already a host without time sync.
 DEFAULT_WARNING = 1.0

@@ -9,13 +9,14 @@ with those of the file opened, once a second (a stat each: nothing measurable).
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from pathlib import Path
 from typing import Callable
 
-log = logging.getLogger("cronpy")
+from cronpy.redact import cronpy_logger
+
+log = cronpy_logger()
 
 # How often the paths are compared, in seconds: "within seconds", at one stat per file.
 CHECK_INTERVAL = 1.0

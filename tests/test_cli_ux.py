@@ -384,6 +384,48 @@ def test_the_option_table_of_the_fast_path_matches_the_typer_app() -> None:
         assert args == [a for a, _ in spec.args], name
 
 
+def test_the_fast_paths_help_texts_are_the_typer_apps_own() -> None:
+    from cronpy._helpgen import source
+
+    assert (REPO / "cronpy" / "_help.py").read_text() == source(), "cronpy/_help.py is stale: python -m cronpy._helpgen"
+
+
+def test_help_piped_and_on_a_terminal_is_the_apps_text_without_importing_typer() -> None:
+    from cronpy._help import HELP
+
+    for command in ("", "history", "stats", "run", "completion"):
+        args = [command, "--help"] if command else ["--help"]
+        out = cronpy(*args)
+        assert (out.returncode, out.stdout) == (0, HELP[command]), args
+    assert cronpy("stats", "-h").stdout == HELP["stats"]
+    assert "Usage: cronpy history [OPTIONS] [NAME]" in HELP["history"] and "--status" in HELP["history"]
+    assert all(f"  {name} " in HELP[""] for name in ("run", "history", "stats", "completion"))
+    for args in (["--help"], ["history", "--help"]):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-m", "cronpy", *args], capture_output=True,
+                             text=True)
+        modules = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+        assert out.returncode == 0 and "typer" not in modules and "cronpy.cli" not in modules, args
+    screen, code = on_pty("history", "--help", cols=80)
+    assert (code, screen) == (0, HELP["history"])
+    # Narrower than the texts were rendered for: the app wraps them to the terminal itself.
+    screen, code = on_pty("history", "--help", cols=60)
+    assert code == 0 and "--status" in screen and max(map(len, screen.splitlines())) <= 60, screen
+
+
+def test_history_and_show_import_neither_logging_nor_socket_nor_the_job_specs(jobs_file) -> None:
+    path = jobs_file("state_dir: state\njobs:\n  a: {command: 'true'}\n")
+    cronpy("trigger", "a", "-f", str(path))
+    # `history a`: a job with runs in the answer needs no check of its name against the file.
+    for args in (("history", "-f", str(path)), ("history", "a", "-f", str(path)), ("show", "1", "-f", str(path))):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-m", "cronpy", *args], capture_output=True,
+                             text=True)
+        assert out.returncode == 0 and re.search(r"\ba\b", out.stdout), out.stderr[-2000:]
+        modules = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+        assert not modules & {"logging", "socket", "cronpy.jobspec", "cronpy.locks", "yaml"}, args
+    out = cronpy("history", "b", "-f", str(path))  # no runs: the name is checked, as before
+    assert out.returncode == 2 and "unknown job 'b'" in out.stderr
+
+
 def test_the_unit_as_shipped_passes_systemd_analyze_verify_with_its_documented_path() -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is needed (Debian package systemd)"

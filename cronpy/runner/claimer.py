@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from cronpy.errors import CronpyError, NotLeader
+from cronpy.redact import cronpy_logger
 from cronpy.store import NewRun
 from cronpy.store import Store
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 # How long a claim may wait for a store another process keeps busy (SQLite's write lock held
 # by a `sqlite3` shell, a long prune) before the runner gives up and runs unrecorded: an

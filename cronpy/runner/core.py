@@ -30,6 +30,7 @@ from cronpy.errors import CronpyError, HistoryError, LockHeld
 from cronpy.executor import Attempt, AttemptResult, RunContext
 from cronpy.integrations import Observer
 from cronpy.models import At, Every, Finish, JobSet, JobSpec, Overlap, RunRecord, RunStatus, Trigger
+from cronpy.redact import cronpy_logger
 from cronpy.runner.admission import admit
 from cronpy.runner.agenda import LEAD, MISFIRE_GRACE, Agenda, Due
 from cronpy.runner.claimer import Claimed, Claimer, ClaimResult, Refused, Taken, Unrecorded
@@ -42,7 +43,7 @@ from cronpy.schedule import compile_cron, latest_fire, next_fire
 
 __all__ = ["FIRST_BATCH", "LEAD", "MISFIRE_GRACE", "Due", "OutputSink", "Runner"]
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 # Runs of a burst claimed (and so started) before the rest are claimed; see _dispatch.
 FIRST_BATCH = 4

@@ -20,7 +20,6 @@ says the writes resumed (or caught up) counts what was dropped.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import threading
 import time
@@ -28,12 +27,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Deque, Union
 
 from cronpy.errors import CronpyError, UsageError
+from cronpy.redact import cronpy_logger
 from cronpy.store import NewRun
 from cronpy.models import Finish, RunStatus
 from cronpy.store import Store
 from cronpy.store.retry import WRITE, RetryPolicy
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 MAX_PENDING = 50_000  # ~25 MB of outcomes without output: hours of an outage at 1 run/s
 MAX_OUTPUT_BYTES = 32 * 1024 * 1024  # 512 full 64 KiB tails

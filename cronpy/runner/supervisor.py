@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import selectors
 import threading
@@ -23,8 +22,9 @@ from typing import Callable
 
 from cronpy.executor import Attempt, AttemptResult, drain_wake, poke, wake_fds
 from cronpy.models import RunStatus
+from cronpy.redact import cronpy_logger
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 
 Done = Callable[[Attempt, AttemptResult], None]
 

@@ -26,6 +26,12 @@ def open_store(url: str | None, state_dir: Path, *, readonly: bool = False, leas
     Raises NoHistory (read-only, nothing has run yet), StoreTooNew (a newer cronpy's schema:
     nothing is changed), StoreUnavailable/StoreUnreachable (it cannot be opened or reached).
     """
+    if not url:
+        # The SQLite history alone: its flock locks (cronpy.locks) serve only writers, and a
+        # read-only command saves importing them (issue #16's start-up budget).
+        from cronpy.store.sqlite import SqliteStore
+
+        return SqliteStore.open(state_dir, readonly=readonly)
     return open_backend(url, state_dir, readonly=readonly, lease=lease, skew=skew).store
 
 

@@ -17,7 +17,6 @@ row: the leader marks `interrupted` the runs of a runner whose heartbeat is thre
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -27,12 +26,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from cronpy.errors import CronpyError, LockHeld
 from cronpy.locks import Holder
+from cronpy.redact import cronpy_logger
 from cronpy.store.interfaces import HOST, JobLock, JobLocks, Leadership, implements
 
 if TYPE_CHECKING:
     from cronpy.store.postgres import Conn, PgStore
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 _EXPIRES = "clock_timestamp() + %s * interval '1 second'"
 
 

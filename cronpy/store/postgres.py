@@ -9,7 +9,6 @@ The lease, job locks, heartbeats and cancel requests are the small objects of fl
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, NotLeader, StoreTooNew, StoreUnreachable
 from cronpy.locks import Holder
+from cronpy.redact import cronpy_logger
 from cronpy.redact import redact_url as redact
 from cronpy.skew import ClockSkew
 from cronpy.store.interfaces import HOST, Capabilities, Health, NewRun, Store, implements
@@ -32,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover - the `postgres` extra is not installed
     psycopg = None  # type: ignore[assignment]
 
-log = logging.getLogger("cronpy")
+log = cronpy_logger()
 FENCED = "CPF01"  # the SQLSTATE of the fencing trigger (a class of our own: "CP")
 MIGRATION_LOCK = 0x63726F6E7079  # pg_advisory_xact_lock key: runners starting together queue
 
