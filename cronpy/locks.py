@@ -46,6 +46,7 @@ class Holder:
     job_pid: int | None = None  #: the job's process, which holds a job lock while it runs
 
     def describe(self) -> str:
+        """One line for LockHeld messages and `status`: pid, host, since, run, job process, epoch."""
         run = f", run {self.run_id}" if self.run_id is not None else ""
         job = f", job process {self.job_pid}" if self.job_pid is not None else ""
         epoch = f", epoch {self.epoch}" if self.epoch is not None else ""
@@ -142,6 +143,7 @@ class Lock:
 
     @property
     def held(self) -> bool:
+        """True while this process holds it (no I/O)."""
         return self._fd >= 0
 
     def opened_identity(self) -> tuple[int, int] | None:
@@ -185,11 +187,17 @@ class FileLeadership:
     the holder dies and it stays valid for as long as this process holds it."""
 
     poll_interval = 0.25
+    refused: str | None = None  # a file lock is refused only by being held
 
     def __init__(self, lock: Lock) -> None:
         self.lock = lock
 
+    def lock_file(self) -> tuple[Path, tuple[int, int] | None] | None:
+        """The scheduler lock's path and the (device, inode) it had when opened (Leadership)."""
+        return self.lock.path, self.lock.opened_identity()
+
     def try_acquire(self) -> bool:
+        """Take the scheduler lock without waiting; False if another process holds it (Leadership)."""
         try:
             self.lock.acquire(wait=0.0)
         except LockHeld:
@@ -197,15 +205,19 @@ class FileLeadership:
         return True
 
     def valid(self) -> bool:
+        """True while this process holds the lock: a flock lasts as long as the process (Leadership)."""
         return self.lock.held
 
     def release(self) -> None:
+        """Let the lock go; never raises (Leadership)."""
         self.lock.release()
 
     def holder(self) -> Holder | None:
+        """Who holds the scheduler lock, from its file (Leadership)."""
         return self.lock.holder()
 
     def describe_loss(self) -> str:
+        """Why leadership was lost: only by releasing the lock (Leadership)."""
         return "the scheduler lock was released"
 
 
@@ -224,7 +236,9 @@ class Locks:
         return lock
 
     def scheduler(self) -> Lock:
+        """The state dir's scheduler lock (a new object each call)."""
         return Lock(self.dir / "scheduler.lock", "the scheduler")
 
     def leadership(self) -> FileLeadership:
+        """The scheduler lock as a Leadership (see cronpy.store.interfaces)."""
         return FileLeadership(self.scheduler())

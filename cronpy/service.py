@@ -33,6 +33,7 @@ from cronpy.notify import Notifier
 from cronpy import outputs
 from cronpy.models import DEFAULT_OUTPUT_MAX, Every, JobSet, JobSpec, RunRecord, RunStatus
 from cronpy.runner import MISFIRE_GRACE, Runner
+from cronpy.runner.recorder import buffer_bounds
 from cronpy.schedule import next_fire, parse_schedule
 from cronpy.stateguard import StateGuard
 from cronpy.store import HOST, JobLocks, Leadership, Store, open_backend as _open_backend, open_store
@@ -402,6 +403,7 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
     for warning in jobs.warnings:
         log.warning("%s", warning)
     _fd_budget(jobs)
+    buffer_bounds()  # a malformed $CRONPY_HISTORY_BUFFER is refused here (exit 2), not in the writer
     backend = _open_when_reachable(jobs, state_dir, store)
     if backend is None:  # stopped while the store was unreachable
         return 0
@@ -444,9 +446,9 @@ def run(jobs_file: Path, state_dir: Path | None, *, store: str | None = None, ve
         while not runner.stopping:
             if not _stand_by(leadership, runner, notifier, history, status_file):
                 break
-            lock = getattr(leadership, "lock", None)
-            if guard is not None and lock is not None:
-                guard.watch(lock.path, lock.opened_identity())
+            lock_file = leadership.lock_file()
+            if guard is not None and lock_file is not None:
+                guard.watch(*lock_file)
             try:
                 _recover(history, runner.jobs, clock.now())  # runner.jobs: the file as last reloaded
                 runner.start(clock.now(), late_window=late_window)
@@ -589,7 +591,7 @@ def _stand_by(leadership: Leadership, runner: Runner, notifier: Notifier, histor
                 if said:
                     log.info("took over the scheduler %s", "lease" if history.fenced else "lock")
                 return True
-            refused = getattr(leadership, "refused", None)  # a fleet host whose clock is off
+            refused = leadership.refused  # a fleet host whose clock is off
             holder = None if refused else leadership.holder()
             why = refused or str(LockHeld("the scheduler", holder.describe() if holder else None))
         except CronpyError as exc:  # the store cannot be reached: nobody here can prove leadership

@@ -67,11 +67,21 @@ class PgServer:
             "max_connections": "200", "fsync": "on" if fsync else "off",
             "synchronous_commit": "on" if fsync else "off", "full_page_writes": "on" if fsync else "off",
         }
-        args = [a for k, v in settings.items() for a in ("-c", f"{k}={v}")]
-        self.proc = subprocess.Popen([str(bindir / "postgres"), "-D", str(self.data), *args],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"),
+        self._args = [a for k, v in settings.items() for a in ("-c", f"{k}={v}")]
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after crash()), on the same port and data."""
+        self.proc = subprocess.Popen([str(self.bindir / "postgres"), "-D", str(self.data), *self._args],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"),
                                      preexec_fn=self._preexec, cwd=self.root)
         self._wait_ready()
+
+    def crash(self) -> None:
+        """Stop the server as `pg_ctl stop -m immediate` does (SIGQUIT: every backend quits at
+        once, no checkpoint; clients see their connections drop), keeping its data."""
+        self.proc.send_signal(3)
+        self.proc.wait(30)
 
     def _run(self, cmd: list[str]) -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

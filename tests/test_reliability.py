@@ -206,8 +206,9 @@ class FlakyFinish(History):
 def test_an_outcome_write_is_retried_until_the_store_takes_it_on_either_store(
         state_dir: Path, monkeypatch, fenced: bool) -> None:
     from cronpy.runner import recorder
+    from cronpy.store.retry import RetryPolicy
 
-    monkeypatch.setattr(recorder, "BACKOFF", (0.001, 0.004))  # the schedule, not its length
+    monkeypatch.setattr(recorder, "WRITE", RetryPolicy(first=0.001, cap=0.004))  # the schedule, not its length
     h = Harness(jobset("jobs:\n  pay: {schedule: '0 10 * * *', command: 'true'}\n"), state_dir,
                 datetime(2026, 5, 4, 9, 59, tzinfo=UTC))
     h.history.close()

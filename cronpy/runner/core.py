@@ -596,7 +596,7 @@ class Runner:
         pid = active.attempt.pid if active.attempt else None
         if _file_lock_fd(lock) is not None:
             try:
-                lock.set_holder(run_id=active.run_id, now=active.started_at, job_pid=pid)  # type: ignore[call-arg]
+                lock.set_holder(run_id=active.run_id, now=active.started_at, job_pid=pid)
             except OSError as exc:  # who holds the lock is for `status`; the run goes on
                 log.warning("%s: cannot write the lock holder: %s", active.spec.name, exc)
         else:

@@ -3,28 +3,35 @@
 One thread takes what the runner queued and commits it in groups (one transaction for every
 outcome waiting, Store.finish_runs): a store that cannot be written (disk full, a held lock,
 a database away) delays the record, never a spawn, a timeout, a cancel or output draining.
-Failed commits are retried with backoff for as long as the process lives; everything is
+Failed commits are retried for as long as the process lives, on the one retry policy of the
+store (cronpy.store.retry.WRITE: 0.1 s doubling to 2 s between tries); everything is
 written, in the order it happened, once the store takes writes again.
 
-The buffer is bounded (MAX_PENDING items, MAX_OUTPUT_BYTES of kept output). When the output
-budget is spent, further outcomes are kept without their output (marked so); when the item
-bound is reached, pid updates are dropped first, then new outcomes (each is still in the
-runner's log line for that run). Either is logged once per outage, not per run.
+The buffer is bounded (MAX_PENDING items, MAX_OUTPUT_BYTES of kept output; the environment
+variable CRONPY_HISTORY_BUFFER="ITEMS[,BYTES]" sets smaller or larger bounds). When the item
+bound is reached, waiting pid updates are dropped first (a pid is only for `status`); when the
+output budget is spent, further outcomes are kept without their output (marked so); when the
+buffer holds nothing but outcomes, new outcomes are dropped (each is still in the runner's log
+line for that run). Calls (a job lock's release, an output file's housekeeping) are never
+dropped. Each of the three losses is logged once per outage, not per run, and the line that
+says the writes resumed (or caught up) counts what was dropped.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Deque, Union
 
-from cronpy.errors import CronpyError
+from cronpy.errors import CronpyError, UsageError
 from cronpy.redact import cronpy_logger
 from cronpy.store import NewRun
 from cronpy.models import Finish, RunStatus
 from cronpy.store import Store
+from cronpy.store.retry import WRITE, RetryPolicy
 
 log = cronpy_logger()
 
@@ -35,8 +42,26 @@ GROUP = 500  # rows a commit at most: a commit stays short for the readers waiti
 # tick's runs end within milliseconds of each other, and one commit for all of them costs a
 # fraction of one each (0.045 ms against 0.19-0.40 ms a row, issue #12).
 LINGER = 0.02
-BACKOFF = (0.1, 2.0)  # seconds between tries of a failing store: first, then at most
 OUTPUT_DROPPED = "[output not kept: the history was unwritable and its buffer full]"
+BUFFER_ENV = "CRONPY_HISTORY_BUFFER"
+
+
+def buffer_bounds(environ: "os._Environ[str] | dict[str, str] | None" = None) -> tuple[int, int]:
+    """(items, output bytes) the writer may keep waiting: CRONPY_HISTORY_BUFFER="ITEMS[,BYTES]",
+    else MAX_PENDING and MAX_OUTPUT_BYTES. ConfigError (exit 2) naming the variable if malformed."""
+    raw = (os.environ if environ is None else environ).get(BUFFER_ENV, "").strip()
+    if not raw:
+        return MAX_PENDING, MAX_OUTPUT_BYTES
+    parts = raw.split(",")
+    try:
+        items = int(parts[0])
+        size = int(parts[1]) if len(parts) > 1 else MAX_OUTPUT_BYTES
+        if len(parts) > 2 or items < 1 or size < 0:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"${BUFFER_ENV}: {raw!r} is not ITEMS[,BYTES] (a positive count of "
+                          "writes, then a byte count of output)") from None
+    return items, size
 
 
 @dataclass(frozen=True)
@@ -80,9 +105,17 @@ Item = Union[Pids, Outcome, Late, Call]
 class Recorder:
     """Queue writes with put(); a thread commits them (see the module docstring)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic, *,
+                 max_pending: int | None = None, max_output_bytes: int | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+        """`max_pending`/`max_output_bytes`: the buffer's bounds (default: buffer_bounds());
+        `retry`: the waits between tries of a failing store (default: retry.WRITE)."""
         self.store = store
         self._now = clock
+        default_items, default_bytes = buffer_bounds()
+        self.max_pending = default_items if max_pending is None else max_pending
+        self.max_output_bytes = default_bytes if max_output_bytes is None else max_output_bytes
+        self._retry = retry or WRITE
         self._items: Deque[tuple[float, Item]] = collections.deque()  # (queued at, item)
         self._cond = threading.Condition()
         self._busy = False  # a batch is being written
@@ -90,8 +123,9 @@ class Recorder:
         self._error: str | None = None  # the last write's error, for the one log line
         self._output_bytes = 0
         self._failing_since: float | None = None
-        self._said_full = False
-        self._dropped = 0
+        # What the bounds cost during this outage, each said once (see the module docstring).
+        self._said_pids = self._said_output = self._said_full = False
+        self._dropped_pids = self._stripped = self._dropped = 0
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="store-writer", daemon=True)
         self._thread.start()
@@ -99,8 +133,10 @@ class Recorder:
     # -- the runner's side (never blocks on the store) -----------------------------------------
 
     def put(self, item: Item) -> None:
+        """Queue `item` to be written in order; never blocks on the store, never raises. When
+        the buffer is full, what is dropped follows the module docstring."""
         with self._cond:
-            if len(self._items) >= MAX_PENDING:
+            if len(self._items) >= self.max_pending:
                 if not self._make_room(item):
                     return
             if isinstance(item, (Outcome, Late)):
@@ -114,11 +150,23 @@ class Recorder:
                 self._cond.notify_all()
 
     def _make_room(self, item: Item) -> bool:
-        """The buffer is full: drop a pid update to make room, else drop `item` (logged once)."""
-        for i, (_, queued) in enumerate(self._items):
-            if i >= self._inflight and isinstance(queued, Pids):
-                del self._items[i]
-                return True
+        """The buffer is full: drop a waiting pid update (or `item` itself if it is one) to make
+        room, else drop `item`; a Call is kept over the bound (a job lock's release, an output
+        file's housekeeping: dropping one would hold the lock or the file forever). Each kind of
+        loss is logged once per outage."""
+        victim = None if isinstance(item, Pids) else next(
+            (i for i, (_, queued) in enumerate(self._items) if i >= self._inflight and isinstance(queued, Pids)), None)
+        if isinstance(item, Pids) or victim is not None:
+            if victim is not None:
+                del self._items[victim]
+            self._dropped_pids += 1
+            if not self._said_pids:
+                self._said_pids = True
+                log.error("the history buffer is full (%d writes waiting for the store): pid updates are "
+                          "dropped first", len(self._items))
+            return victim is not None or isinstance(item, Call)
+        if isinstance(item, Call):
+            return True
         self._dropped += 1
         if not self._said_full:
             self._said_full = True
@@ -131,11 +179,12 @@ class Recorder:
         if outcome is None or not outcome.output:
             return item
         size = len(outcome.output)
-        if self._output_bytes + size <= MAX_OUTPUT_BYTES:
+        if self._output_bytes + size <= self.max_output_bytes:
             self._output_bytes += size
             return item
-        if not self._said_full:
-            self._said_full = True
+        self._stripped += 1
+        if not self._said_output:
+            self._said_output = True
             log.error("the history buffer holds %d bytes of output waiting for the store: outcomes are "
                       "now kept without their output until it drains", self._output_bytes)
         stripped = replace(outcome, output=OUTPUT_DROPPED)
@@ -177,7 +226,7 @@ class Recorder:
     # -- the writer thread ---------------------------------------------------------------------
 
     def _loop(self) -> None:
-        delay = BACKOFF[0]
+        waits = self._retry.delays()
         while True:
             with self._cond:
                 while not self._items and not self._stop:
@@ -214,22 +263,27 @@ class Recorder:
                     self._failing_since = self._now()
                     log.error("HISTORY WRITE FAILED, keeping %d write(s) to retry until the store takes "
                               "writes again (runs go on): %s", len(self._items), self._error or error)
-                elif not failing and self._failing_since is not None and not self._items:
-                    log.warning("history writes resumed after %.1fs; everything waiting has been written"
-                                "%s", self._now() - self._failing_since,
-                                f" except {self._dropped} outcome(s) dropped while the buffer was full"
-                                if self._dropped else "")
+                elif not failing and not self._items and (
+                        self._failing_since is not None or self._dropped or self._stripped or self._dropped_pids):
+                    # Said also when no write failed outright: a store that only made each write
+                    # wait (SQLite's busy_timeout) fills the buffer just the same.
+                    lost = [f"{n} {what}" for n, what in ((self._dropped, "outcome(s) dropped"),
+                                                          (self._stripped, "output(s) not kept"),
+                                                          (self._dropped_pids, "pid update(s) dropped")) if n]
+                    log.warning("history writes %s; everything waiting has been written%s",
+                                "caught up" if self._failing_since is None else
+                                f"resumed after {self._now() - self._failing_since:.1f}s",
+                                f" except: {', '.join(lost)} while the buffer was full" if lost else "")
                     self._failing_since = None
-                    self._said_full = False
-                    self._dropped = 0
+                    self._said_pids = self._said_output = self._said_full = False
+                    self._dropped_pids = self._stripped = self._dropped = 0
                 if self._stop and failing:
                     return
             if failing:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._stop, timeout=delay)
-                delay = min(BACKOFF[1], delay * 2)
+                    self._cond.wait_for(lambda: self._stop, timeout=next(waits))
             else:
-                delay = BACKOFF[0]
+                waits = self._retry.delays()
 
     def _write(self, batch: list[Item]) -> int:
         """Write a prefix of `batch`, grouping consecutive items of a kind; return how many

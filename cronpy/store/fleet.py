@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from cronpy.errors import CronpyError, LockHeld
@@ -110,6 +111,9 @@ class Lease:
     def valid(self) -> bool:
         return self.epoch is not None and time.monotonic() < self.deadline
 
+    def lock_file(self) -> tuple[Path, tuple[int, int] | None] | None:
+        return None  # a lease in the database: nothing in the state dir to guard
+
     def describe_loss(self) -> str:
         if self.epoch is not None and time.monotonic() >= self.deadline:
             keeper = self.store.coord.keeper_conn
@@ -185,7 +189,8 @@ class JobLockRow:
                 raise LockHeld(self.what, holder.describe() if holder else None)
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
-    def set_holder(self, *, run_id: int | None = None, now: datetime | None = None) -> None:
+    def set_holder(self, *, run_id: int | None = None, now: datetime | None = None,
+                   job_pid: int | None = None) -> None:
         try:
             with self.store._db.use() as cur:
                 cur.execute("UPDATE cronpy.job_locks SET run_id = %s WHERE job = %s AND holder = %s",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
@@ -269,8 +270,10 @@ class JobLock(Protocol):
         the lock cannot be reached at all (an unopenable file, a lost connection)."""
         ...
 
-    def set_holder(self, *, run_id: int | None = None, now: datetime | None = None) -> None:
-        """Name the run holding it (for LockHeld messages and `status`); OSError on failure."""
+    def set_holder(self, *, run_id: int | None = None, now: datetime | None = None,
+                   job_pid: int | None = None) -> None:
+        """Name the run holding it, and the job's process if known (for LockHeld messages and
+        `status`); OSError on failure. A lock kept in a store names the run only."""
         ...
 
     def release(self) -> None:
@@ -294,6 +297,15 @@ class Leadership(Protocol):
 
     #: How often a standby runner asks again, in seconds.
     poll_interval: float
+    #: Why the last try_acquire refused to lead although nobody else leads (a fleet host whose
+    #: clock is off), else None. Read after try_acquire returned False.
+    refused: str | None
+
+    def lock_file(self) -> "tuple[Path, tuple[int, int] | None] | None":
+        """The file whose loss means the loss of leadership, with the (device, inode) it had
+        when opened, for the state-dir guard; None when leadership is not a file (a lease).
+        No I/O."""
+        ...
 
     def try_acquire(self) -> bool:
         """Become the scheduler if nobody is; never blocks for long. StoreUnavailable if the

@@ -233,8 +233,9 @@ class PgStore(SqlStore):
     # -- the dialect -------------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[Tx]:
-        with self._db.use(transaction=True) as cur:
+    def _tx(self, *, one_statement: bool = False) -> Iterator[Tx]:
+        # The connection autocommits: a lone statement is its own transaction.
+        with self._db.use(transaction=not one_statement) as cur:
             yield _Cursor(cur)
 
     @contextmanager
@@ -261,7 +262,8 @@ class PgStore(SqlStore):
         return ", epoch", (self.coord.lease.epoch,)
 
     def _insert_runs(self, tx: Tx, sql: str, rows: list[tuple[Any, ...]]) -> list[int | None]:
-        cur = tx.cur  # type: ignore[attr-defined]
+        assert isinstance(tx, _Cursor)  # this dialect's own transactions (_tx)
+        cur = tx.cur
         if len(rows) == 1:  # a pipeline costs ~0.2 ms more for a single row
             found = tx.run(sql, rows[0]).fetchone()
             return [found[0] if found else None]

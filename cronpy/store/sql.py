@@ -99,7 +99,10 @@ class SqlStore:
     # -- what a dialect provides -----------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[Tx]:
+    def _tx(self, *, one_statement: bool = False) -> Iterator[Tx]:
+        """A write transaction on the store's connection, committed when the block ends.
+        `one_statement`: the block runs exactly one statement, so a dialect whose connection
+        autocommits may send it alone (atomic by itself) instead of BEGIN, it, COMMIT."""
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -202,7 +205,9 @@ class SqlStore:
         # (no exception, so the rest of the batch goes on in the same transaction).
         sql = (f"INSERT INTO runs ({_INSERT_COLUMNS}{extra_cols}) VALUES ({marks})"
                f" ON CONFLICT (job, scheduled_for) WHERE {CLAIM_WHERE} DO NOTHING RETURNING id")
-        with self._tx() as tx:
+        # One row is one INSERT: on PostgreSQL one round trip instead of three (BEGIN, INSERT,
+        # COMMIT): one-row claims 1,202-1,344/s -> 1,749-1,817/s (bench/fleet.py claims).
+        with self._tx(one_statement=len(rows) == 1) as tx:
             return self._insert_runs(tx, sql, rows)
 
     def set_pids(self, pids: Sequence[tuple[int, int]]) -> None:
@@ -289,7 +294,8 @@ class SqlStore:
             return bool(tx.run("DELETE FROM paused WHERE job = ?", (job,)).rowcount == 1)
 
     def paused(self) -> dict[str, datetime]:
-        return {job: self._from_db(since) for job, since in self._read("SELECT job, since FROM paused")}  # type: ignore[misc]
+        rows = [(job, self._from_db(since)) for job, since in self._read("SELECT job, since FROM paused")]
+        return {job: since for job, since in rows if since is not None}  # `since` is NOT NULL
 
     def request_cancel(self, run_id: int, now: datetime) -> None:
         with self._tx() as tx:

@@ -159,7 +159,8 @@ class SqliteStore(SqlStore):
             raise self._failed(exc) from None
 
     @contextmanager
-    def _tx(self) -> Iterator[_Cursor]:
+    def _tx(self, *, one_statement: bool = False) -> Iterator[_Cursor]:
+        # Always BEGIN IMMEDIATE (see _begin), even for one statement: the write lock up front.
         with self._lock, self._begin(self._db) as cur:
             yield cur
 
