@@ -138,6 +138,10 @@ class Recorder:
         with self._cond:
             if len(self._items) >= self.max_pending:
                 if not self._make_room(item):
+                    if isinstance(item, Outcome) and item.then is not None:
+                        # The outcome is lost, its output file's housekeeping is not (as a Call).
+                        self._items.append((self._now(), Call(f"run {item.finish.run_id}: settling the output file",
+                                                              item.then)))
                     return
             if isinstance(item, (Outcome, Late)):
                 item = self._within_output_budget(item)
