@@ -141,8 +141,10 @@ def test_a_runner_that_loses_its_database_keeps_its_jobs_stops_scheduling_and_sa
                                             " AND output LIKE 'finished%%'"), timeout=60)
         assert wait_for(lambda: started_after(pg_url, time.time()) == 0 and started_after(pg_url, cut_at + 1) >= 2,
                         timeout=30)
+        # The runner rewrites its status file at most once a second: poll for its next one.
+        assert wait_for(lambda: f"this host: pid {proc.pid}, leader, connected"
+                        in cronpy("status", "-f", str(path), "--state-dir", str(sd)).stdout, timeout=5)
         shown = cronpy("status", "-f", str(path), "--state-dir", str(sd)).stdout
-        assert f"this host: pid {proc.pid}, leader, connected" in shown
         assert f"scheduler: pid {proc.pid} on" in shown and "epoch 2" in shown
         status = json.loads(cronpy("status", "-f", str(path), "--state-dir", str(sd), "--json").stdout)
         assert (status["scheduler"]["pid"], status["scheduler"]["epoch"]) == (proc.pid, 2)
