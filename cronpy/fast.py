@@ -29,7 +29,7 @@ import sys
 # typing is not imported at run time (a few ms of the completion budget); mypy reads this.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Any, Callable
 
 # Option value kinds, for parsing and for completion.
 FLAG, FILE, DIR, URL, JOB, STATUS, ZONE, INT, FLOAT, TEXT, SHELL, LOGFMT = (
@@ -266,16 +266,17 @@ def guarded(fn: Callable[[], int | None]) -> int:
 HELP_FLAGS = ("--help", "-h")
 
 
-def _terminal_columns() -> int:
-    """The width click formats help for, found as shutil.get_terminal_size does ($COLUMNS, then
-    stdout's terminal, then 80) without importing shutil (bz2, lzma: ~5 ms)."""
+def terminal_columns(stream: Any = None) -> int:
+    """The terminal's width as shutil.get_terminal_size finds it ($COLUMNS, then `stream`'s
+    terminal, default stdout's, then 80) without importing shutil (bz2, lzma: ~5 ms).
+    render.width uses it too."""
     try:
         columns = int(os.environ.get("COLUMNS", "0"))
     except ValueError:
         columns = 0
     if columns <= 0:
         try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            columns = os.get_terminal_size((stream or sys.stdout).fileno()).columns
         except (AttributeError, OSError, ValueError):
             columns = 0
     return columns or 80
@@ -289,7 +290,7 @@ def help_text(argv: list[str]) -> str | None:
         return None
     from cronpy._help import HELP, WIDTH
 
-    return HELP.get(argv[0] if len(argv) == 2 else "") if _terminal_columns() >= WIDTH else None
+    return HELP.get(argv[0] if len(argv) == 2 else "") if terminal_columns(sys.__stdout__) >= WIDTH else None
 
 
 def _write(text: str) -> int:

@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from typing import Any
 
 from cronpy.errors import LockHeld
 from cronpy.paths import PRIVATE_FILE_MODE, private_dir
+from cronpy.store.interfaces import HOST  # one host name for run rows, heartbeats and lock holders
 
-HOST = socket.gethostname()
 _PID = os.getpid()  # read once: a getpid() per lock per run showed up in issue #12's traces
 _POLL = 0.05  # seconds between tries while waiting for a lock (`trigger --wait`)
 

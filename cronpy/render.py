@@ -57,18 +57,10 @@ def _colour() -> bool:
 
 
 def width() -> int:
-    """The terminal's width: $COLUMNS, else the tty's size, else 80."""
-    # shutil.get_terminal_size without importing shutil (which imports bz2 and lzma: ~5 ms).
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.stdout.fileno()).columns
-        except (OSError, ValueError):
-            columns = 80
-    return max(20, columns or 80)
+    """The terminal's width: $COLUMNS, else the tty's size, else 80 (at least 20)."""
+    from cronpy.fast import terminal_columns
+
+    return max(20, terminal_columns())
 
 
 # --- text: user data shown verbatim, control characters visible on a terminal -----------------
