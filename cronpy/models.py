@@ -9,9 +9,8 @@ still works, loading cronpy.jobspec on first use (PEP 562 module `__getattr__`).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     # Explicit re-exports (`X as X`), so that mypy checks each name imported from here.
@@ -68,8 +67,7 @@ class Trigger(enum.StrEnum):
     BOOT = "boot"  #: `run_on_boot: true` (cron's @reboot): the first runner start of a machine boot
 
 
-@dataclass(frozen=True)
-class RunRecord:
+class RunRecord(NamedTuple):
     """One row of history: one attempt of one job."""
 
     id: int
@@ -115,8 +113,7 @@ class RunRecord:
         return data
 
 
-@dataclass(frozen=True)
-class JobStats:
+class JobStats(NamedTuple):
     """Aggregates of one job's runs over a period."""
 
     job: str
@@ -156,8 +153,7 @@ def health_of(rate: float | None) -> str:
     return "unhealthy"
 
 
-@dataclass(frozen=True)
-class Finish:
+class Finish(NamedTuple):
     """The outcome of one run, as the store writer commits it (see Store.finish_runs)."""
 
     run_id: int

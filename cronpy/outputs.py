@@ -303,8 +303,6 @@ TAIL_BYTES = 64 * 1024  # as much as the history keeps of a finished run
 
 def with_live_output(rec: "RunRecord", state_dir: Path) -> "RunRecord":
     """A running run with the tail of what it has printed so far (`cronpy show`), from its live file."""
-    import dataclasses
-
     live, _ = run_paths(state_dir, rec.job, rec.id)
     try:
         with open(live, "rb") as fh:
@@ -316,7 +314,7 @@ def with_live_output(rec: "RunRecord", state_dir: Path) -> "RunRecord":
     text = data.decode("utf-8", errors="replace")
     if size > TAIL_BYTES:
         text = f"[... {size - TAIL_BYTES} earlier bytes: `cronpy logs {rec.id}` ...]\n" + text
-    return dataclasses.replace(rec, output=text)
+    return rec._replace(output=text)
 
 
 def show_logs(store: "Store", state_dir: Path, target: str, *, follow_run: bool,

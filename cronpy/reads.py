@@ -9,10 +9,9 @@ Each function takes plain values and returns an exit status; errors are `CronpyE
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from cronpy.errors import CronpyError, NoHistory, UsageError
 from cronpy.models import JobStats, RunRecord, RunStatus, Trigger, health_of
@@ -162,8 +161,7 @@ def show(run_id: int, *, file: str | None = None, state_dir: str | None = None, 
 
 # --- stats ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class JobHealth:
+class JobHealth(NamedTuple):
     """One job's figures for `stats`: runs (a scheduled or manual run after its retries) and the
     attempts that made them. Health comes from runs: a retry that absorbed a failure is healthy."""
 

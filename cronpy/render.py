@@ -22,9 +22,8 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 from cronpy.durations import format_duration
 from cronpy.models import JobStats, RunRecord, RunStatus
@@ -180,8 +179,7 @@ def print_json(data: Any) -> None:
 
 # --- tables ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Col:
+class Col(NamedTuple):
     """A table column. `drop`: dropped to fit the width, lowest first (None: always kept).
     `flex`: free text, shortened with `…` before anything else. `wide`: only with --wide.
     `piped`: in tab-separated output (which always has every column but terminal-only ones)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -149,7 +148,7 @@ def test_stats_over_all_history_and_over_a_window_agree(history_db: History) -> 
     history_db.start_run("job0", Trigger.MANUAL, T0)  # still running: no duration, not counted
     everything = history_db.stats()
     window = history_db.stats(since=T0 - timedelta(days=1))
-    assert [replace(s, mean=None) for s in everything] == [replace(s, mean=None) for s in window]
+    assert [s._replace(mean=None) for s in everything] == [s._replace(mean=None) for s in window]
     assert [s.mean for s in everything] == pytest.approx([s.mean for s in window])
     assert [s.runs for s in everything] == [47, 46, 45]
 

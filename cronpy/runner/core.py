@@ -548,7 +548,7 @@ class Runner:
             if isinstance(result, Claimed):
                 self.recorder.put(Outcome(Finish(result.run_id, status, now, 0.0, error=reason)))
             else:
-                self.recorder.put(Late(replace(row, status=status, error=reason)))
+                self.recorder.put(Late(row._replace(status=status, error=reason)))
             if status is RunStatus.SKIPPED:
                 log.warning("%s: skipped run%s (%s): %s", d.job, _id(result), d.trigger.value, reason)
             else:

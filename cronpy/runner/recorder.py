@@ -191,7 +191,7 @@ class Recorder:
             self._said_output = True
             log.error("the history buffer holds %d bytes of output waiting for the store: outcomes are "
                       "now kept without their output until it drains", self._output_bytes)
-        stripped = replace(outcome, output=OUTPUT_DROPPED)
+        stripped = outcome._replace(output=OUTPUT_DROPPED)
         return replace(item, outcome=stripped) if isinstance(item, Late) else replace(item, finish=stripped)
 
     def backlog(self) -> tuple[int, float | None, float | None]:
@@ -328,7 +328,7 @@ class Recorder:
                 log.error("%s: instant %s was claimed by another runner while history was failing",
                           first.row.job, first.row.scheduled_for.isoformat() if first.row.scheduled_for else "?")
             elif first.outcome is not None:
-                outcome = replace(first.outcome, run_id=run_id)
+                outcome = first.outcome._replace(run_id=run_id)
                 try:
                     self.store.finish_runs([outcome])
                 except CronpyError:
@@ -348,7 +348,7 @@ class Recorder:
 
     def _resolve(self, item: Outcome) -> Finish:
         if item.cancelled_if_asked and self.store.cancel_requested(item.finish.run_id):
-            return replace(item.finish, status=RunStatus.CANCELLED, error=CANCELLED_ERROR)
+            return item.finish._replace(status=RunStatus.CANCELLED, error=CANCELLED_ERROR)
         return item.finish
 
 

@@ -13,10 +13,9 @@ the store cannot be read or written (file locked or unreadable, disk full, datab
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Sequence, TypeVar
 
 from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
 
@@ -34,8 +33,7 @@ HOST = os.environ.get("CRONPY_HOST") or os.uname().nodename
 CLAIMED_TRIGGERS = (Trigger.SCHEDULE, Trigger.CATCHUP, Trigger.START)
 
 
-@dataclass(frozen=True)
-class NewRun:
+class NewRun(NamedTuple):
     """A run row about to be written (see Store.start_runs)."""
 
     job: str
@@ -48,8 +46,7 @@ class NewRun:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(NamedTuple):
     """What a backend can do, declared by the backend itself."""
 
     #: Claims are fenced by a leader epoch in the store: a claim that cannot be written must
@@ -62,8 +59,7 @@ class Capabilities:
     supports_cancel_from_other_hosts: bool
 
 
-@dataclass(frozen=True)
-class Health:
+class Health(NamedTuple):
     """How the store's connection fares, for `cronpy status` (see Store.health)."""
 
     connected: bool = True
@@ -348,8 +344,7 @@ def implements(*protocols: type) -> Callable[[C], C]:
     return apply
 
 
-@dataclass(frozen=True)
-class Backend:
+class Backend(NamedTuple):
     """What a jobs file's store resolves to: the store, its job locks and leadership."""
 
     store: Store

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, NamedTuple, TypeVar
 
 from cronpy.errors import CronpyError
 
@@ -23,8 +22,7 @@ class GaveUp(Exception):
         self.tries = tries
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """Delays of first, first*factor, … capped at `cap` seconds.
 
     `tries` bounds the attempts (None: unbounded); `patience` keeps retrying for at least that
