@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import calendar
 import functools
+import os
 import re
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -61,13 +62,20 @@ def _zone(name: str) -> ZoneInfo:
     if not re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", name):
         raise ValueError(name)
     try:
-        from importlib.resources import files
-
-        resource = files("tzdata.zoneinfo").joinpath(*name.split("/"))
-        with resource.open("rb") as fh:
-            return ZoneInfo.from_file(fh, key=name)
+        import tzdata  # type: ignore[import-untyped]
     except ModuleNotFoundError:
         return ZoneInfo(name)
+    try:
+        # The package's files directly when it is a directory (it always is when pip installed
+        # it): importlib.resources costs 9 ms of import, a sixth of `stats`' budget (issue #16).
+        base = os.path.join(os.path.dirname(tzdata.__file__ or ""), "zoneinfo")
+        if os.path.isdir(base):
+            with open(os.path.join(base, *name.split("/")), "rb") as fh:
+                return ZoneInfo.from_file(fh, key=name)
+        from importlib.resources import files  # a zipped install
+
+        with files("tzdata.zoneinfo").joinpath(*name.split("/")).open("rb") as fh:
+            return ZoneInfo.from_file(fh, key=name)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ZoneInfoNotFoundError(name) from None
 
