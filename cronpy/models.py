@@ -113,6 +113,17 @@ class RunRecord(NamedTuple):
         return data
 
 
+class Attempt(NamedTuple):
+    """The few columns of a run that `stats` groups into runs after retries (see
+    Store.recent_attempts): reading whole rows for 50 jobs x 50 runs cost `stats` ~20 ms."""
+
+    id: int
+    status: RunStatus
+    trigger: Trigger
+    scheduled_for: datetime | None
+    duration: float | None
+
+
 class JobStats(NamedTuple):
     """Aggregates of one job's runs over a period."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from cronpy.errors import CronpyError, NoHistory, UsageError
-from cronpy.models import JobStats, RunRecord, RunStatus, Trigger, health_of
+from cronpy.models import Attempt, JobStats, RunRecord, RunStatus, Trigger, health_of
 
 if TYPE_CHECKING:
     from cronpy.models import JobSet
@@ -203,11 +203,11 @@ class JobHealth(NamedTuple):
 _FINAL = (RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TIMEOUT)
 
 
-def group_runs(attempts: Sequence[RunRecord]) -> list[list[RunRecord]]:
+def group_runs(attempts: Sequence[Attempt | RunRecord]) -> list[list[Attempt | RunRecord]]:
     """Attempts (any order) of one job grouped into runs, oldest first: a retry belongs to the
     run of the same scheduled instant that came before it."""
-    runs: list[list[RunRecord]] = []
-    open_by_instant: dict[Any, list[RunRecord]] = {}
+    runs: list[list[Attempt | RunRecord]] = []
+    open_by_instant: dict[Any, list[Attempt | RunRecord]] = {}
     for rec in sorted(attempts, key=lambda r: r.id):
         group = open_by_instant.get(rec.scheduled_for) if rec.trigger is Trigger.RETRY else None
         if group is None:
@@ -219,7 +219,7 @@ def group_runs(attempts: Sequence[RunRecord]) -> list[list[RunRecord]]:
     return runs
 
 
-def job_health(name: str, attempts: JobStats, recent: Sequence[RunRecord]) -> JobHealth:
+def job_health(name: str, attempts: JobStats, recent: Sequence[Attempt | RunRecord]) -> JobHealth:
     runs = group_runs(recent)
     # A run whose first attempt fell out of the window is counted from the attempts we have.
     outcomes = [g[-1].status for g in runs]
@@ -256,10 +256,11 @@ def stats(name: str | None = None, *, since: str | None = None, file: str | None
             check_job_name(name, list(file_names or []) + (list(h.last_runs()) if h else []))
         counted = {s.job: s for s in (h.stats(name, since=start) if h else [])}
         names = [name] if name else sorted(set(counted) | set(file_names or []))
+        windows = h.recent_attempts([n for n in names if n in counted], since=start, limit=RUN_WINDOW) if h else {}
         for n in names:
-            window = h.query(n, since=start, limit=RUN_WINDOW) if h and n in counted else []
+            window = windows.get(n, [])
             items.append(job_health(n, counted.get(n) or never_ran(n), window))
-            recent[n] = [(r.status, r.duration) for r in reversed(window[:20])]
+            recent[n] = [(r.status, r.duration) for r in window[-20:]]
         # The store named on the command line or in the file is the one the runner uses too.
         anchors = h.last_scheduled_many(list(jobs.jobs)) if h and jobs else {}
     finally:

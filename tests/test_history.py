@@ -248,6 +248,23 @@ def test_stats_ranks_are_nearest_rank_on_both_dialects(history_db, n: int) -> No
     assert (window.p50, window.p95, window.max) == expected
 
 
+def test_recent_attempts_are_each_jobs_latest_in_a_window_oldest_first(history_db) -> None:
+    # What `stats` groups into runs: the latest `limit` attempts of each job, oldest first,
+    # the same on both dialects; a job with nothing in the window is left out.
+    ids = {job: [add(history_db, job, RunStatus.FAILED if i % 3 else RunStatus.SUCCESS, float(i),
+                     T0 + timedelta(minutes=i), trigger=Trigger.RETRY if i % 3 else Trigger.SCHEDULE)
+                 for i in range(8)] for job in ("a", "b")}
+    got = history_db.recent_attempts(["a", "b", "never"], limit=5)
+    assert set(got) == {"a", "b"}
+    assert [r.id for r in got["a"]] == ids["a"][-5:]
+    last = got["b"][-1]
+    assert (last.id, last.status, last.trigger, last.duration) == (ids["b"][7], RunStatus.FAILED, Trigger.RETRY, 7.0)
+    assert last.scheduled_for == T0 + timedelta(minutes=7)
+    window = history_db.recent_attempts(["a"], since=T0 + timedelta(minutes=6), limit=5)
+    assert [r.duration for r in window["a"]] == [6.0, 7.0]
+    assert history_db.recent_attempts(["a"], since=T0 + timedelta(days=1)) == {}
+
+
 def test_cancel_requests_are_per_run_and_a_repeat_is_harmless(history_db) -> None:
     a = history_db.start_run("a", Trigger.MANUAL, T0)
     b = history_db.start_run("a", Trigger.MANUAL, T0)

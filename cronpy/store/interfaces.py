@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Sequence, TypeVar
 
-from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
+from cronpy.models import Attempt, Finish, JobStats, RunRecord, RunStatus, Trigger
 
 if TYPE_CHECKING:
     from cronpy.errors import HistoryDamaged
@@ -222,8 +222,10 @@ class Store(Protocol):
         """last_scheduled of several jobs at once (the runner's start, a fleet's takeover)."""
         ...
 
-    def recent(self, job: str, count: int = 20) -> list[tuple[RunStatus, float | None]]:
-        """The job's latest `count` runs as (status, duration), oldest first."""
+    def recent_attempts(self, jobs: Sequence[str], *, since: datetime | None = None,
+                        limit: int = 50) -> dict[str, list[Attempt]]:
+        """Each job's latest `limit` attempts started since `since`, oldest first (jobs without
+        any are left out): what `stats` and the dashboard group into runs after retries."""
         ...
 
     def stats(self, job: str | None = None, *, since: datetime | None = None) -> list[JobStats]:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, NotLeader, StoreTooNew, StoreUnreachable
 from cronpy.locks import Holder
+from cronpy.models import Attempt, RunStatus, Trigger
 from cronpy.redact import cronpy_logger
 from cronpy.redact import redact_url as redact
 from cronpy.skew import ClockSkew
@@ -327,6 +328,21 @@ class PgStore(SqlStore):
             " AND trigger IN ('schedule', 'catchup') ORDER BY scheduled_for DESC LIMIT 1)"
             " FROM unnest(?::text[]) AS j", (list(jobs),))
         return {job: t for job, t in rows if t is not None}
+
+    def recent_attempts(self, jobs: Sequence[str], *, since: datetime | None = None,
+                        limit: int = 50) -> dict[str, list[Attempt]]:
+        """Every job in one round trip (one query a job adds up on 1,000 jobs)."""
+        if not jobs:
+            return {}
+        rows = self._read(
+            "SELECT j, r.id, r.status, r.trigger, r.scheduled_for, r.duration FROM unnest(?::text[]) AS j"
+            " CROSS JOIN LATERAL (SELECT id, status, trigger, scheduled_for, duration FROM runs WHERE job = j"
+            " AND (?::timestamptz IS NULL OR started_at >= ?::timestamptz) ORDER BY id DESC LIMIT ?) AS r"
+            " ORDER BY j, r.id", (list(jobs), since, since, limit))
+        out: dict[str, list[Attempt]] = {}
+        for job, i, st, tr, sf, d in rows:
+            out.setdefault(job, []).append(Attempt(i, RunStatus(st), Trigger(tr), sf, d))
+        return out
 
     def _nth_durations(self, walks: list[tuple[str, bool, int]]) -> list[float | None]:
         """One query a direction for all jobs (a round trip each would add up on 1,000 jobs)."""

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from cronpy.errors import RunNotFound
-from cronpy.models import Finish, JobStats, RunRecord, RunStatus, Trigger
+from cronpy.models import Attempt, Finish, JobStats, RunRecord, RunStatus, Trigger
 from cronpy.store.interfaces import CLAIMED_TRIGGERS, HOST, Capabilities, Health, NewRun, Store, implements
 
 if TYPE_CHECKING:
@@ -365,10 +365,20 @@ class SqlStore:
     def last_scheduled_many(self, jobs: Sequence[str]) -> dict[str, datetime]:
         return {job: t for job in jobs if (t := self.last_scheduled(job)) is not None}
 
-    def recent(self, job: str, count: int = 20) -> list[tuple[RunStatus, float | None]]:
-        rows = self._read(f"SELECT status, duration FROM runs {self._indexed_by('runs_job_id')} WHERE job = ?"
-                          " ORDER BY id DESC LIMIT ?", (job, count))
-        return [(RunStatus(st), d) for st, d in reversed(rows)]
+    def recent_attempts(self, jobs: Sequence[str], *, since: datetime | None = None,
+                        limit: int = 50) -> dict[str, list[Attempt]]:
+        # A job at a time down its (job, id) index, stopping at `limit`: a window function over
+        # the whole table would number every row of the history.
+        out: dict[str, list[Attempt]] = {}
+        when = self._from_db
+        for job in jobs:
+            where, params = self._filters(job, None, since)
+            rows = self._read(f"SELECT id, status, trigger, scheduled_for, duration FROM runs"
+                              f" {'' if since else self._indexed_by('runs_job_id')}{where}"
+                              " ORDER BY id DESC LIMIT ?", [*params, limit])
+            if rows:
+                out[job] = [Attempt(i, RunStatus(st), Trigger(tr), when(sf), d) for i, st, tr, sf, d in reversed(rows)]
+        return out
 
     #: The UTC day of `started_at` as whole days since the epoch, in the dialect's SQL.
     _day_sql = "CAST(started_at / 86400 AS INTEGER)"
