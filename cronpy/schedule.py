@@ -16,14 +16,16 @@ import calendar
 import functools
 import os
 import re
-from dataclasses import dataclass
-from dataclasses import field as dc_field
 from datetime import datetime, timedelta, timezone
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronpy.durations import parse_duration
-from cronpy.models import At, Cron, Every, JobSpec, Schedule
+
+if TYPE_CHECKING:
+    # Loaded where a schedule object is built or inspected: the job-spec dataclasses cost the
+    # read path (`stats`, which only needs cron_next and every_next) ~15 ms of import.
+    from cronpy.jobspec import At, Cron, Every, JobSpec, Schedule
 
 UTC = timezone.utc
 
@@ -82,6 +84,8 @@ def _zone(name: str) -> ZoneInfo:
 
 def parse_schedule(text: str) -> Cron | Every:
     """Classify and check a `schedule:` value: an interval (`10m`, `every 1h30m`) or cron."""
+    from cronpy.jobspec import Cron, Every
+
     s = " ".join(str(text).split())
     if not s:
         raise ValueError("schedule is empty")
@@ -106,8 +110,7 @@ _MONTHS = {name: i + 1 for i, name in enumerate("JAN FEB MAR APR MAY JUN JUL AUG
 _DAYS = {name: i for i, name in enumerate("SUN MON TUE WED THU FRI SAT".split())}
 
 
-@dataclass(frozen=True)
-class _Kind:
+class _Kind(NamedTuple):
     """One field of a cron expression: its name, the values it takes, the names it knows."""
 
     name: str
@@ -138,16 +141,18 @@ class _FieldError(ValueError):
     pass
 
 
-@dataclass
 class _Field:
     """What one field matches: plain values plus the Quartz day forms."""
 
-    values: set[int] = dc_field(default_factory=set)
-    last_day: bool = False  # `L` in day-of-month
-    last_weekday: bool = False  # `LW`
-    nearest: set[int] = dc_field(default_factory=set)  # `15W`
-    last_of: set[int] = dc_field(default_factory=set)  # `5L`: the last Friday
-    nth: set[tuple[int, int]] = dc_field(default_factory=set)  # `5#3`: (weekday, occurrence)
+    __slots__ = ("values", "last_day", "last_weekday", "nearest", "last_of", "nth")
+
+    def __init__(self) -> None:
+        self.values: set[int] = set()
+        self.last_day = False  # `L` in day-of-month
+        self.last_weekday = False  # `LW`
+        self.nearest: set[int] = set()  # `15W`
+        self.last_of: set[int] = set()  # `5L`: the last Friday
+        self.nth: set[tuple[int, int]] = set()  # `5#3`: (weekday, occurrence)
 
 
 def _hash(key: str, kind: _Kind) -> int:
@@ -252,31 +257,40 @@ def _step(text: str) -> int:
     return step
 
 
-@dataclass(frozen=True)
 class CronFields:
-    """An expanded cron expression, ready for matching."""
+    """An expanded cron expression, ready for matching (immutable: one is shared by every job
+    with the same expression).
 
-    seconds: tuple[int, ...]
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    months: frozenset[int]
-    doms: frozenset[int]
-    last_dom: bool  # `L`
-    last_weekday: bool  # `LW`
-    nearest_weekday: frozenset[int]  # `15W`
-    dows: frozenset[int]  # 0 = Sunday
-    last_dows: frozenset[int]  # `5L`
-    nth: frozenset[tuple[int, int]]  # `5#3`: (weekday, occurrence in the month)
-    # Vixie cron: when either day field starts with `*`, a day must match both fields;
-    # when both are restricted, either field may match.
-    dom_star: bool
-    dow_star: bool
-    # cron(8) (Vixie/Debian entry.c): a job is "wildcard" when its minute or hour field starts
-    # with `*`; wildcard jobs follow the wall clock through DST changes, the others (fixed-time)
-    # run once per wall-clock time (see cron_next).
-    wildcard: bool
-    _days: dict[tuple[int, int], tuple[int, ...]] = dc_field(
-        default_factory=dict, compare=False, hash=False, repr=False)
+    A plain slotted class, not a dataclass: the read path (`stats` computes next runs) must not
+    import dataclasses (issue #16)."""
+
+    __slots__ = ("seconds", "minutes", "hours", "months", "doms", "last_dom", "last_weekday", "nearest_weekday",
+                 "dows", "last_dows", "nth", "dom_star", "dow_star", "wildcard", "_days")
+
+    def __init__(self, *, seconds: tuple[int, ...], minutes: tuple[int, ...], hours: tuple[int, ...],
+                 months: frozenset[int], doms: frozenset[int], last_dom: bool, last_weekday: bool,
+                 nearest_weekday: frozenset[int], dows: frozenset[int], last_dows: frozenset[int],
+                 nth: frozenset[tuple[int, int]], dom_star: bool, dow_star: bool, wildcard: bool) -> None:
+        self.seconds = seconds
+        self.minutes = minutes
+        self.hours = hours
+        self.months = months
+        self.doms = doms
+        self.last_dom = last_dom  # `L`
+        self.last_weekday = last_weekday  # `LW`
+        self.nearest_weekday = nearest_weekday  # `15W`
+        self.dows = dows  # 0 = Sunday
+        self.last_dows = last_dows  # `5L`
+        self.nth = nth  # `5#3`: (weekday, occurrence in the month)
+        # Vixie cron: when either day field starts with `*`, a day must match both fields;
+        # when both are restricted, either field may match.
+        self.dom_star = dom_star
+        self.dow_star = dow_star
+        # cron(8) (Vixie/Debian entry.c): a job is "wildcard" when its minute or hour field starts
+        # with `*`; wildcard jobs follow the wall clock through DST changes, the others (fixed-time)
+        # run once per wall-clock time (see cron_next).
+        self.wildcard = wildcard
+        self._days: dict[tuple[int, int], tuple[int, ...]] = {}
 
     def month_days(self, year: int, month: int) -> tuple[int, ...]:
         """The days of `month` that match the day-of-month and day-of-week fields."""
@@ -531,6 +545,8 @@ def shortest_gap(sched: Schedule, tz_name: str, job_name: str, after: datetime,
     """Seconds between the two closest consecutive runs, looking at up to 1,000 runs within
     about a year of `after` (a one-shot has no gap: None). Stops early at a gap of `enough`
     seconds or less: the caller only asks whether some gap is that short."""
+    from cronpy.jobspec import Cron, Every
+
     if isinstance(sched, Every):
         return sched.seconds
     if not isinstance(sched, Cron):
@@ -579,6 +595,8 @@ def schedule_next(
     sched: Schedule | None, tz_name: str, job_name: str, after: datetime, anchor: datetime | None = None
 ) -> datetime | None:
     """Like next_fire, for a schedule outside any job (`cronpy next --expr`)."""
+    from cronpy.jobspec import At, Cron, Every
+
     if sched is None:
         return None
     if isinstance(sched, Cron):
@@ -609,6 +627,8 @@ def latest_fire(spec: JobSpec, since: datetime, until: datetime) -> datetime | N
     Claiming the *latest* missed instant (not the first) is what makes a catch-up happen once:
     after it, nothing between the claim and `until` is left to catch up on a later restart.
     """
+    from cronpy.jobspec import At, Every
+
     sched = spec.schedule
     if sched is None or until <= since:
         return None
