@@ -6,8 +6,10 @@ import re
 from datetime import datetime, timedelta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
-_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+")
+# Patterns, not compiled patterns: re compiles (and caches) them on first use, so that the many
+# commands that import this module and parse nothing do not pay for it (issue #16).
+_PART = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)"
+_WHOLE = r"(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+"
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -26,8 +28,8 @@ def parse_duration(text: str | int | float) -> float:
         s = text.strip().lower()
         if re.fullmatch(r"\d+(?:\.\d+)?", s):
             seconds = float(s)
-        elif _WHOLE.fullmatch(s):
-            seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(s))
+        elif re.fullmatch(_WHOLE, s):
+            seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(_PART, s))
         else:
             raise ValueError(f"expected a duration such as 45s, 10m or 1h30m, got {text!r}")
     if seconds < 0:
@@ -51,7 +53,7 @@ def format_duration(seconds: float) -> str:
     return f"{whole // 86400}d{whole % 86400 // 3600}h"
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|k|m|g)?", re.IGNORECASE)
+_SIZE = r"(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|k|m|g)?"
 _SIZE_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
                "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
 
@@ -65,7 +67,7 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         size = text
     else:
-        m = _SIZE.fullmatch(text.strip())
+        m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
         if m is None:
             raise ValueError(f"expected a size such as 100MB or 1GiB, got {text!r}")
         size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower() if m.group(2) else None])

@@ -20,13 +20,16 @@ class CronpyError(Exception):
 
 
 # C0 and C1 controls except newline and tab, DEL, and the bidi overrides that reorder a line.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Compiled when first needed: every command imports this module, few print an error.
+_CONTROL = "[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 
 
 def visible(text: str) -> str:
     """`text` with control characters written as escapes (`\\x1b`), so that a name or value
     from a jobs file cannot recolour, retitle or rewrite the terminal it is reported on."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    if text.isprintable():  # False for every character _CONTROL matches
+        return text
+    return re.sub(_CONTROL, lambda m: repr(m.group())[1:-1], text)
 
 
 class Problem(NamedTuple):

@@ -6,6 +6,7 @@ validator nor the schedule code; PyYAML is imported only when a file must be rea
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -70,13 +71,11 @@ def resolve_store(option: str | None, file_store: str | None, env: Mapping[str, 
     return option or env.get("CRONPY_STORE") or file_store or None
 
 
+@functools.cache  # compiled when a file is first read for it
 def _setting_line(key: str) -> re.Pattern[str]:
     """A top-level `key: value` line with a plain or quoted value and nothing YAML-special."""
     return re.compile(rf"""^{key}:[ \t]+(?:"([^"\\]*)"|'([^']*)'|([^\s#'"&*!|>{{\[][^#\n]*?))[ \t]*(?:#.*)?$""",
                       re.MULTILINE)
-
-
-_SETTING_LINES = {key: _setting_line(key) for key in ("state_dir", "store")}
 
 
 def file_setting(path: Path, key: str) -> str | None:
@@ -93,7 +92,7 @@ def file_setting(path: Path, key: str) -> str | None:
     # Only where the name stands as a key: a job named `restore` must not cost a YAML parse.
     if not re.search(rf"""(?:^|[{{,\s])["']?{key}["']?\s*:""", text, re.MULTILINE):
         return None
-    lines = list(_SETTING_LINES[key].finditer(text))
+    lines = list(_setting_line(key).finditer(text))
     block_style = not re.search(rf"^\s*[{{\[]|^{key}:\s*$|^---", text, re.MULTILINE)
     if len(lines) == 1 and block_style:
         return next(g for g in lines[0].groups() if g is not None) or None

@@ -17,6 +17,7 @@ from cronpy.errors import CronpyError, NoHistory, UsageError
 from cronpy.models import Attempt, JobStats, RunRecord, RunStatus, Trigger, health_of
 
 if TYPE_CHECKING:
+    from cronpy import jobsummary
     from cronpy.models import JobSet
     from cronpy.store import Store
 
@@ -203,33 +204,31 @@ class JobHealth(NamedTuple):
 _FINAL = (RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TIMEOUT)
 
 
-def group_runs(attempts: Sequence[Attempt | RunRecord]) -> list[list[Attempt | RunRecord]]:
-    """Attempts (any order) of one job grouped into runs, oldest first: a retry belongs to the
-    run of the same scheduled instant that came before it."""
-    runs: list[list[Attempt | RunRecord]] = []
-    open_by_instant: dict[Any, list[Attempt | RunRecord]] = {}
-    for rec in sorted(attempts, key=lambda r: r.id):
-        group = open_by_instant.get(rec.scheduled_for) if rec.trigger is Trigger.RETRY else None
-        if group is None:
-            group = [rec]
-            runs.append(group)
+def run_outcomes(attempts: Sequence[Attempt | RunRecord]) -> list[RunStatus]:
+    """The outcome (the last attempt's status) of each run that the attempts of one job make,
+    oldest run first. `attempts` are oldest first (as Store.recent_attempts gives them); a
+    retry belongs to the latest run of the same scheduled instant."""
+    outcomes: list[RunStatus] = []
+    run_of_instant: dict[Any, int] = {}  # scheduled instant -> index of its latest run
+    retry = Trigger.RETRY
+    for rec in attempts:
+        i = run_of_instant.get(rec.scheduled_for) if rec.trigger is retry else None
+        if i is None:
+            run_of_instant[rec.scheduled_for] = len(outcomes)
+            outcomes.append(rec.status)
         else:
-            group.append(rec)
-        open_by_instant[rec.scheduled_for] = group
-    return runs
+            outcomes[i] = rec.status
+    return outcomes
 
 
 def job_health(name: str, attempts: JobStats, recent: Sequence[Attempt | RunRecord]) -> JobHealth:
-    runs = group_runs(recent)
     # A run whose first attempt fell out of the window is counted from the attempts we have.
-    outcomes = [g[-1].status for g in runs]
-    finished = [o for o in outcomes if o in _FINAL]
-    return JobHealth(
-        job=name, attempts=attempts, runs=len(runs),
-        run_successes=sum(o is RunStatus.SUCCESS for o in finished),
-        run_failures=sum(o is not RunStatus.SUCCESS for o in finished),
-        last_outcome=finished[-1] if finished else None,
-    )
+    outcomes = run_outcomes(recent)
+    ok = outcomes.count(RunStatus.SUCCESS)
+    bad = outcomes.count(RunStatus.FAILED) + outcomes.count(RunStatus.TIMEOUT)
+    last = next((o for o in reversed(outcomes) if o in _FINAL), None)
+    return JobHealth(job=name, attempts=attempts, runs=len(outcomes), run_successes=ok, run_failures=bad,
+                     last_outcome=last)
 
 
 def never_ran(name: str) -> JobStats:
@@ -240,14 +239,12 @@ def never_ran(name: str) -> JobStats:
 def stats(name: str | None = None, *, since: str | None = None, file: str | None = None,
           state_dir: str | None = None, store: str | None = None, as_json: bool = False,
           wide: bool = False) -> int:
-    from cronpy import render
+    from cronpy import jobsummary, render
 
     start = since_time(since)
-    try:  # one parse of the file serves the job names and the next runs
-        jobs: JobSet | None = load(file)
-    except CronpyError:  # a missing or broken file still leaves the history to read
-        jobs = None
-    file_names = list(jobs.jobs) if jobs else file_job_names(file)
+    now = datetime.now(timezone.utc)
+    summary = file_summary(file, state_dir, now)
+    file_names = summary.names if summary else file_job_names(file)
     h = open_for_reading(file, state_dir, store)
     items: list[JobHealth] = []
     recent: dict[str, list[tuple[RunStatus, float | None]]] = {}
@@ -262,13 +259,37 @@ def stats(name: str | None = None, *, since: str | None = None, file: str | None
             items.append(job_health(n, counted.get(n) or never_ran(n), window))
             recent[n] = [(r.status, r.duration) for r in window[-20:]]
         # The store named on the command line or in the file is the one the runner uses too.
-        anchors = h.last_scheduled_many(list(jobs.jobs)) if h and jobs else {}
+        anchors = h.last_scheduled_many(summary.names) if h and summary else {}
     finally:
         if h is not None:
             h.close()
-    render.stats(items, next_runs_for(jobs, state_dir, store, anchors) if jobs else {}, recent, as_json=as_json,
+    render.stats(items, jobsummary.next_runs(summary, anchors, now) if summary else {}, recent, as_json=as_json,
                  wide=wide)
     return 0
+
+
+def file_summary(file: str | os.PathLike[str] | None, state_dir: str | os.PathLike[str] | None,
+                 now: datetime) -> jobsummary.Summary | None:
+    """The jobs file's names and schedules: from the state dir's cache while the file is
+    unchanged, else validated (and cached); None when the file is missing or invalid (a broken
+    file still leaves the history to read)."""
+    from cronpy import jobsummary
+
+    path = jobs_path(file)
+    try:
+        cache_dir = state_dir_for_reading(file, state_dir)
+    except (CronpyError, OSError):
+        cache_dir = None
+    if cache_dir is not None and (cached := jobsummary.load(path, cache_dir, now)) is not None:
+        return cached
+    key = jobsummary.key_of(path)  # before reading: an edit during validation leaves a stale key
+    try:
+        summary = jobsummary.of(load(file))
+    except CronpyError:
+        return None
+    if cache_dir is not None:
+        jobsummary.save(summary, key, cache_dir)
+    return summary
 
 
 # --- next runs (list, stats) ------------------------------------------------------------------
@@ -294,18 +315,9 @@ def _reading(jobs: JobSet, state_dir: str | None, store: str | None) -> Store | 
 def upcoming_of(jobs: JobSet, anchors: dict[str, datetime], now: datetime) -> dict[str, datetime | None]:
     """Each enabled job's next instant from `now`, as a runner started now would fire it (never
     an instant in the past: with no runner, a missed instant is not "next")."""
-    from cronpy.schedule import next_fire
+    from cronpy import jobsummary
 
-    out: dict[str, datetime | None] = {}
-    for n, s in jobs.jobs.items():
-        if not s.enabled:
-            out[n] = None
-            continue
-        nxt = next_fire(s, now, anchors.get(n))
-        if nxt is not None and nxt < now:
-            nxt = next_fire(s, now, None)
-        out[n] = nxt
-    return out
+    return jobsummary.next_runs(jobsummary.of(jobs), anchors, now)
 
 
 def next_runs_for(jobs: JobSet, state_dir: str | None, store: str | None,

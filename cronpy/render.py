@@ -18,6 +18,7 @@ This module imports neither rich nor typer: `history`, `stats` and `list` stay o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -64,7 +65,13 @@ def width() -> int:
 
 # --- text: user data shown verbatim, control characters visible on a terminal -----------------
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Compiled on first use: a text that is all printable (str.isprintable is False for every
+# character these match) needs neither, and compiling both costs every table ~1 ms of start-up.
+@functools.cache
+def _control(keep_lines: bool) -> re.Pattern[str]:
+    if keep_lines:
+        return re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+    return re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _escape_char(m: re.Match[str]) -> str:
@@ -76,15 +83,12 @@ def _escape_char(m: re.Match[str]) -> str:
 def visible(text: str) -> str:
     """`text` with every control character (ESC, BEL, newline, bidi overrides…) as an escape,
     for one cell of a terminal table."""
-    return _CONTROL.sub(_escape_char, text)
-
-
-_CONTROL_KEEP_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+    return text if text.isprintable() else _control(False).sub(_escape_char, text)
 
 
 def visible_lines(text: str) -> str:
     """Like `visible`, but newlines and tabs stay (for `show`'s error and output blocks)."""
-    return _CONTROL_KEEP_LINES.sub(_escape_char, text)
+    return text if text.isprintable() else _control(True).sub(_escape_char, text)
 
 
 def _char_width(ch: str) -> int:

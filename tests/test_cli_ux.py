@@ -278,6 +278,77 @@ def test_read_only_commands_and_completion_skip_typer_and_the_service_layer(jobs
         assert "rich" not in modules, args
 
 
+def _modules(args: tuple[str, ...]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "cronpy", *args], capture_output=True, text=True)
+    return out, {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+
+
+def test_stats_answers_from_its_summary_of_the_jobs_file_until_the_file_changes(jobs_file) -> None:
+    # `stats` validates the jobs file once and keeps a summary in the state dir (names,
+    # schedules, zones); while the file is unchanged it needs neither PyYAML nor the validator,
+    # and its answer is the same as with a fresh validation.
+    path = jobs_file("state_dir: state\njobs:\n  a: {schedule: '0 9 * * *', timezone: Asia/Tokyo, command: 'true'}\n"
+                     "  b: {schedule: 10m, command: 'true'}\n  c: {schedule: '*/5 * * * *', command: 'true'}\n")
+    state = path.parent / "state"
+    cronpy("trigger", "b", "-f", str(path))
+    summary = state / "jobs-summary.json"
+
+    def stats() -> dict[str, Any]:
+        out = cronpy("stats", "--json", "-f", str(path))
+        assert out.returncode == 0, out.stderr
+        rows = {row["job"]: row for row in json.loads(out.stdout)}
+        if rows["b"]["next_run"] is not None:  # never ran on its schedule: 10 minutes from now
+            rows["b"]["next_run"] = "in 10m"
+        return rows
+
+    summary.unlink(missing_ok=True)
+    validated = stats()
+    assert summary.exists() and (summary.stat().st_mode & 0o777) == 0o600
+    out, modules = _modules(("stats", "-f", str(path)))
+    assert out.returncode == 0 and not modules & {"yaml", "cronpy.config", "cronpy.jobspec"}, out.stderr[-2000:]
+    assert stats() == validated and set(validated) == {"a", "b", "c"}
+    # An edit of the same size with the modification time put back is still seen (ctime).
+    before = path.stat()
+    path.write_text(path.read_text().replace("'0 9 * * *'", "'0 7 * * *'").replace("  c:", "  d:"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    edited = stats()
+    assert set(edited) == {"a", "b", "d"} and edited["a"]["next_run"] != validated["a"]["next_run"]
+    assert edited["a"]["next_run"].endswith("+00:00")
+    # A summary that is not ours (damaged, or from another file) is not trusted.
+    summary.write_text('{"key": [], "jobs": [["x"]]}')
+    assert stats() == edited
+    summary.write_text("not json")
+    assert stats() == edited
+    # A broken file: no summary is used; the history is still read and the file's names listed.
+    path.write_text(path.read_text().replace("schedule: 10m", "schedule: 10 parsecs"))
+    broken = stats()
+    assert set(broken) == {"a", "b", "d"} and all(row["next_run"] is None for row in broken.values())
+
+
+def test_a_cached_summary_expires_when_a_one_shot_in_it_passes(tmp_path: Path) -> None:
+    # A one-shot in the past makes the file invalid (unless catch_up): from that instant on the
+    # summary no longer holds, and the file is validated again.
+    from datetime import datetime, timedelta, timezone
+
+    from cronpy import jobsummary
+    from cronpy.config import load_jobs
+
+    now = datetime.now(timezone.utc)
+    soon, later = now + timedelta(hours=1), now + timedelta(hours=2)
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"jobs:\n  once: {{at: '{soon.isoformat()}', command: 'true'}}\n"
+                    f"  late: {{at: '{(now - timedelta(days=1)).isoformat()}', catch_up: true, command: 'true'}}\n"
+                    f"  tick: {{schedule: 1h, command: 'true'}}\n")
+    key = jobsummary.key_of(path)
+    summary = jobsummary.of(load_jobs(path, now=now))
+    jobsummary.save(summary, key, tmp_path)
+    cached = jobsummary.load(path, tmp_path, now)
+    assert cached == summary and cached.valid_until == soon
+    assert jobsummary.next_runs(cached, {}, now)["once"] == soon
+    assert jobsummary.load(path, tmp_path, soon) is None and jobsummary.load(path, tmp_path, later) is None
+
+
 def test_completion_answers_commands_options_jobs_statuses_and_zones(jobs_file) -> None:
     path = jobs_file("jobs:\n  backup: {command: x}\n  beat: {command: y}\n  clean: {command: z}\n")
 

@@ -3,6 +3,7 @@ stores (SQLite in a state dir, and a real PostgreSQL server); a few SQLite-only 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -414,3 +415,49 @@ def test_a_postgres_store_from_a_newer_cronpy_is_refused_and_left_untouched(pg_s
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert conn.execute("SELECT max(version), count(*) FROM cronpy.schema_version").fetchone() == (newer, 3)
         assert conn.execute("SELECT to_regclass('cronpy.runs_running_host')").fetchone() == (None,)
+
+
+def test_sqlite_stats_reuse_a_jobs_quantiles_only_while_its_runs_are_unchanged(state_dir: Path) -> None:
+    # `stats` keeps each job's p50/p95/max beside history.db with the totals they came from.
+    # Whatever happens to the history afterwards (new runs, a finish, a prune, a replaced file,
+    # a damaged memo), its figures must be those of a store that never kept one.
+    def fresh() -> list:
+        memo.unlink(missing_ok=True)
+        with History.open(state_dir, readonly=True) as r:
+            return r.stats()
+
+    h = History.open(state_dir)
+    memo = state_dir / History.STATS_MEMO
+    for i in range(30):
+        add(h, "a" if i % 3 else "b", RunStatus.SUCCESS if i % 4 else RunStatus.FAILED, float(i), T0 + timedelta(minutes=i))
+    first = h.stats()
+    assert memo.exists() and (memo.stat().st_mode & 0o777) == 0o600
+    assert h.stats() == first == fresh()
+    h.stats()
+    add(h, "a", RunStatus.SUCCESS, 1000.0, T0 + timedelta(hours=1))  # a's figures move, b's do not
+    again = h.stats()
+    assert again == fresh() and again[0].max == 1000.0 and again[1] == first[1]
+    h.stats()
+    running = h.start_run("b", Trigger.MANUAL, T0 + timedelta(hours=2))
+    assert running is not None
+    h.stats()
+    h.finish_run(running, RunStatus.SUCCESS, T0 + timedelta(hours=3), duration=100.0)
+    after = h.stats()
+    assert after == fresh() and after[1].runs == first[1].runs + 1 and after[1].p50 != first[1].p50
+    h.stats()
+    h.prune(T0 + timedelta(minutes=20))
+    assert h.stats() == fresh()
+    h.stats()
+    memo.write_text('{"key": "x", "jobs": {"a": [1, 2]}}')
+    assert h.stats() == fresh()
+    h.stats()
+    data = json.loads(memo.read_text())
+    data["jobs"]["a"][1]["100"] = 1.0  # as if from another file with the same totals
+    h.close()
+    db = state_dir / "history.db"
+    copy = state_dir / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    copy.replace(db)  # a restored file: another inode
+    memo.write_text(json.dumps(data))
+    with History.open(state_dir, readonly=True) as r:
+        assert r.stats()[0].max == 1000.0

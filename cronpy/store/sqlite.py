@@ -8,6 +8,8 @@ all of history read from the trigger-kept job_totals table.
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import threading
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from cronpy.errors import HistoryDamaged, HistoryError, NoHistory, StoreTooNew, StoreUnavailable
-from cronpy.paths import create_private_file, private_dir
+from cronpy.paths import create_private_file, private_dir, write_private
 from cronpy.store.migrations import SQLITE as MIGRATIONS
 from cronpy.store.retry import GaveUp, RetryPolicy
 from cronpy.store.interfaces import NewRun, Store, implements
@@ -224,6 +226,54 @@ class SqliteStore(SqlStore):
         # All of history: the totals the triggers keep, one row per (job, status): O(jobs).
         return self._read("SELECT job, status, runs, duration_sum, last_id FROM job_totals WHERE runs > 0"
                           + (" AND job = ?" if job else ""), [job] if job else [])
+
+    #: Where `stats` over all of history keeps each job's p50/p95/max with the totals they were
+    #: computed from (beside history.db). The medians walk half of each job's durations in the
+    #: index: 29 of the ~60 ms budget of `stats` on 50 jobs x 2,000 runs (issue #16), ten times
+    #: that on 1,000,000 rows. A job whose runs have not changed since (same totals row by row,
+    #: same database file) reuses its figures; the others are walked again.
+    STATS_MEMO = "stats-memo.json"
+
+    def _ranked(self, job: str | None, since: datetime | None, finished: dict[str, int],
+                prints: dict[str, list[Any]] | None = None) -> dict[str, dict[int, float]]:
+        if since is not None or prints is None:
+            return super()._ranked(job, since, finished, prints)
+        memo_path = self.path.with_name(self.STATS_MEMO)
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return super()._ranked(job, since, finished, prints)
+        key = [1, st.st_dev, st.st_ino]
+        memo: dict[str, Any] = {}
+        try:
+            with open(memo_path, "rb") as fh:
+                data = json.loads(fh.read())
+            if isinstance(data, dict) and data.get("key") == key and isinstance(data.get("jobs"), dict):
+                memo = data["jobs"]
+        except (OSError, ValueError):
+            pass
+        ranked: dict[str, dict[int, float]] = {}
+        for name in finished:
+            entry = memo.get(name)
+            if isinstance(entry, list) and len(entry) == 2 and entry[0] == prints.get(name) \
+                    and isinstance(entry[1], dict):
+                try:
+                    ranked[name] = {int(q): float(v) for q, v in entry[1].items()}
+                except (TypeError, ValueError):  # not what this code wrote: walk again
+                    pass
+        todo = {name: n for name, n in finished.items() if name not in ranked}
+        if not todo:
+            return ranked
+        fresh = super()._ranked(job, since, todo, prints)
+        ranked.update(fresh)
+        if job is None:  # every job was asked for: forget those that have no runs any more
+            memo = {name: entry for name, entry in memo.items() if name in finished}
+        memo.update({name: [prints[name], fresh[name]] for name in fresh})
+        try:
+            write_private(memo_path, json.dumps({"key": key, "jobs": memo}, separators=(",", ":")))
+        except OSError:  # a reader without write access to the state dir: no memo, same figures
+            pass
+        return ranked
 
     def integrity_check(self) -> str:
         """SQLite's own check of the file: "ok", or what is wrong."""
