@@ -112,6 +112,10 @@ class RunRecord(NamedTuple):
             data["output"] = self.output
         return data
 
+    def as_attempt(self) -> Attempt:
+        """The columns that group attempts into runs (see reads.run_outcomes)."""
+        return Attempt(self.id, self.status, self.trigger, self.scheduled_for, self.duration)
+
 
 class Attempt(NamedTuple):
     """The few columns of a run that `stats` groups into runs after retries (see
@@ -120,7 +124,9 @@ class Attempt(NamedTuple):
     id: int
     status: RunStatus
     trigger: Trigger
-    scheduled_for: datetime | None
+    #: The scheduled instant as the store keeps it (equal for the attempts of one instant, and
+    #: only compared): converting 2,500 of them to datetimes was a tenth of `stats`' run time.
+    instant: object
     duration: float | None
 
 

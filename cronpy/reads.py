@@ -204,7 +204,7 @@ class JobHealth(NamedTuple):
 _FINAL = (RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.TIMEOUT)
 
 
-def run_outcomes(attempts: Sequence[Attempt | RunRecord]) -> list[RunStatus]:
+def run_outcomes(attempts: Sequence[Attempt]) -> list[RunStatus]:
     """The outcome (the last attempt's status) of each run that the attempts of one job make,
     oldest run first. `attempts` are oldest first (as Store.recent_attempts gives them); a
     retry belongs to the latest run of the same scheduled instant."""
@@ -212,16 +212,16 @@ def run_outcomes(attempts: Sequence[Attempt | RunRecord]) -> list[RunStatus]:
     run_of_instant: dict[Any, int] = {}  # scheduled instant -> index of its latest run
     retry = Trigger.RETRY
     for rec in attempts:
-        i = run_of_instant.get(rec.scheduled_for) if rec.trigger is retry else None
+        i = run_of_instant.get(rec.instant) if rec.trigger is retry else None
         if i is None:
-            run_of_instant[rec.scheduled_for] = len(outcomes)
+            run_of_instant[rec.instant] = len(outcomes)
             outcomes.append(rec.status)
         else:
             outcomes[i] = rec.status
     return outcomes
 
 
-def job_health(name: str, attempts: JobStats, recent: Sequence[Attempt | RunRecord]) -> JobHealth:
+def job_health(name: str, attempts: JobStats, recent: Sequence[Attempt]) -> JobHealth:
     # A run whose first attempt fell out of the window is counted from the attempts we have.
     outcomes = run_outcomes(recent)
     ok = outcomes.count(RunStatus.SUCCESS)

@@ -375,14 +375,16 @@ class SqlStore:
         # A job at a time down its (job, id) index, stopping at `limit`: a window function over
         # the whole table would number every row of the history.
         out: dict[str, list[Attempt]] = {}
-        when, status, trigger = self._from_db, _STATUS, _TRIGGER
+        # tuple.__new__, not Attempt(...): a namedtuple's own __new__ is a Python function, one
+        # frame a row.
+        new, status, trigger = tuple.__new__, _STATUS, _TRIGGER
         for job in jobs:
             where, params = self._filters(job, None, since)
             rows = self._read(f"SELECT id, status, trigger, scheduled_for, duration FROM runs"
                               f" {'' if since else self._indexed_by('runs_job_id')}{where}"
                               " ORDER BY id DESC LIMIT ?", [*params, limit])
             if rows:
-                out[job] = [Attempt(i, status[st], trigger[tr], when(sf), d) for i, st, tr, sf, d in reversed(rows)]
+                out[job] = [new(Attempt, (i, status[st], trigger[tr], sf, d)) for i, st, tr, sf, d in reversed(rows)]
         return out
 
     #: The UTC day of `started_at` as whole days since the epoch, in the dialect's SQL.

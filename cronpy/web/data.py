@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from cronpy.redact import redact_url  # re-exported for app.py: the one redaction (ping, webhook, store)
 from cronpy.clock import Clock, SystemClock
 from cronpy.errors import CronpyError, HistoryError
-from cronpy.models import JobSet, JobSpec, JobStats, RunRecord, RunStatus
+from cronpy.models import Attempt, JobSet, JobSpec, JobStats, RunRecord, RunStatus
 from cronpy.reads import RUN_WINDOW
 from cronpy.redact import redact_text, redact_url
 from cronpy.paths import file_setting, file_state_dir, find_jobs_file, resolve_state_dir, resolve_store
@@ -52,7 +52,7 @@ class JobRow:
     stats: JobStats | None
     recent: list[RunRecord]  #: the latest runs, oldest first (outcome strip and sparkline)
     #: the latest reads.RUN_WINDOW attempts, oldest first: runs after retries and health, as `cronpy stats`
-    window: list[RunRecord] = field(default_factory=list)
+    window: list[Attempt] = field(default_factory=list)
 
     @property
     def last(self) -> RunRecord | None:
@@ -126,7 +126,7 @@ class Dashboard:
         self.no_history = False  #: the state dir has no history.db yet (nothing has run)
         self._words: dict[str, str | None] = {}
         self._cache_store: Store | None = None
-        self._cache: dict[str, tuple[tuple[tuple[str, int], ...], list[RunRecord]]] = {}
+        self._cache: dict[str, tuple[tuple[tuple[str, int], ...], tuple[list[RunRecord], list[Attempt]]]] = {}
 
     @property
     def location(self) -> str:
@@ -212,8 +212,8 @@ class Dashboard:
                 paused = h.paused()
                 anchors = h.last_scheduled_many(list(jobs.jobs))
             names = sorted(set(jobs.jobs) | set(counts)) if h is not None else sorted(jobs.jobs)
-            window = self._windows(h, names, counts) if h is not None else {}
-            recent = {n: w[-RECENT:] for n, w in window.items()}
+            windows = self._windows(h, names, counts) if h is not None else {}
+            recent = {n: runs[-RECENT:] for n, (runs, _) in windows.items()}
             stats = {n: _stats(n, c, recent.get(n, [])) for n, c in counts.items()} if h is not None else {}
             if durations and h is not None:
                 stats = {st.job: st for st in h.stats()}
@@ -224,18 +224,18 @@ class Dashboard:
             if spec is not None and spec.enabled and name not in paused:
                 nxt = next_fire(spec, now, anchors.get(name))
             rows.append(JobRow(name, spec, self.words(spec) if spec else None, nxt, paused.get(name),
-                               stats.get(name), recent.get(name, []), window.get(name, [])))
+                               stats.get(name), recent.get(name, []), windows.get(name, ([], []))[1]))
         return rows
 
     def _windows(self, h: Store, names: list[str], counts: dict[str, dict[RunStatus, int]]
-                 ) -> dict[str, list[RunRecord]]:
-        """Each job's latest runs, oldest first, read again only for jobs whose per-status
-        counts changed since the last request: a run that starts, ends, is cancelled or pruned
+                 ) -> dict[str, tuple[list[RunRecord], list[Attempt]]]:
+        """Each job's latest runs (and as attempts, for reads.job_health), oldest first, read
+        again only for jobs whose per-status counts changed since the last request: a run that starts, ends, is cancelled or pruned
         changes them. The page polls every few seconds; with 1,000 jobs reading every window
         cost ~0.7 s of CPU a poll (25,000 rows made into records), one index walk per job
         that changed costs ~0.3 ms. (Counts that come back exactly as they were, e.g. one run
         pruned while another of the same status ended, keep a window until the next change.)"""
-        out: dict[str, list[RunRecord]] = {}
+        out: dict[str, tuple[list[RunRecord], list[Attempt]]] = {}
         with self._lock:
             if self._cache_store is not h:  # a reopened store: nothing cached holds
                 self._cache_store, self._cache = h, {}
@@ -247,8 +247,8 @@ class Dashboard:
                 out[name] = hit[1]
                 continue
             runs = list(reversed(h.query(name, limit=max(RECENT, RUN_WINDOW))))
-            cache[name] = (key, runs)
-            out[name] = runs
+            cache[name] = (key, (runs, [r.as_attempt() for r in runs]))
+            out[name] = cache[name][1]
         for gone in set(cache) - set(names):
             cache.pop(gone, None)
         return out
