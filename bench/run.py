@@ -195,6 +195,17 @@ def bench_cli(tmp: Path, peers: list[Peer]) -> None:
             e.update(_CRONPY_COMPLETE="bash", _CRONPY_INCOMPLETE="job0")  # cronpy.completion's protocol
         wall(cmd, e, tmp)
         put(row("cli", name, "ms", 0), "cronpy", median_of(lambda c=cmd, v=e: wall(c, v, tmp)) * 1000)
+    # `stats` keeps the jobs file's summary and each job's quantiles in the state dir while they
+    # hold; without them (after an edit of the file and new runs of every job) it validates the
+    # file and walks every job's durations again.
+    caches = [tmp / "state" / "jobs-summary.json", tmp / "state" / "stats-memo.json"]
+
+    def first_stats() -> float:
+        for f in caches:
+            f.unlink(missing_ok=True)
+        return wall(cronpy_cmd("stats"), env, tmp)
+
+    put(row("cli", "stats, first after a change (wall)", "ms", 0), "cronpy", median_of(first_stats) * 1000)
 
 
 def far_jobs(n: int, script: Path, out: Path, *, start: int = 0) -> list[Job]:
