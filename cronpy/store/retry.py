@@ -4,9 +4,11 @@ and/or a deadline, interruptible by an event. Every place that retries the store
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import Callable, Iterator, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    import threading
 
 from cronpy.errors import CronpyError
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
+from _thread import RLock  # threading.RLock itself, without importing threading (~1 ms of `stats`)
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,7 +78,7 @@ class SqliteStore(SqlStore):
         self.path = path
         self.location = str(path)
         self.readonly = readonly
-        self._lock = threading.RLock()
+        self._lock = RLock()
         self._prune_db: sqlite3.Connection | None = None
         #: called once with the first HistoryDamaged error (the runner stops on it)
         self.on_damaged: Callable[[HistoryDamaged], object] | None = None
