@@ -157,9 +157,10 @@ def run(
 
         _log_format(log_format)
         path = reads.jobs_path(_file(jobs_file, file))
-        _check_state_dir(_load(path), state_dir, store)
-        return service.run(path, state_dir, store=store, verbose=verbose, watch=watch, metrics_port=metrics_port,
-                           metrics_address=metrics_address)
+        jobs = _load(path)
+        _check_state_dir(jobs, state_dir, store)
+        return service.run(path, state_dir, store=store, verbose=verbose, watch=watch, jobs=jobs,
+                           metrics_port=metrics_port, metrics_address=metrics_address)
 
     _guard(body)
 

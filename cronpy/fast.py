@@ -233,9 +233,8 @@ def _run(*, jobs_file: str | None = None, file: str | None = None, state_dir: st
     jobs = reads.load(path)
     if not resolve_store(store, jobs.store):
         ensure_state_dir(resolve_state_dir(state_dir, jobs.state_dir))
-    del jobs  # service.run loads the file again, as the runner's own (and reloads it)
     return service.run(path, Path(state_dir) if state_dir else None, store=store, verbose=verbose, watch=watch,
-                       metrics_port=metrics_port, metrics_address=metrics_address)
+                       metrics_port=metrics_port, metrics_address=metrics_address, jobs=jobs)
 
 
 FAST: dict[str, Callable[..., int]] = {"history": _history, "show": _show, "stats": _stats, "list": _list,
