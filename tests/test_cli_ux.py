@@ -278,6 +278,13 @@ def test_read_only_commands_and_completion_skip_typer_and_the_service_layer(jobs
         assert "rich" not in modules, args
 
 
+# The wall clock of a `cronpy stats` compared with another: frozen (libfaketime), so that a
+# schedule's next run cannot move between the two calls (a `*/5` job's does, at each boundary).
+FROZEN = {"LD_PRELOAD": str(next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))),
+                                 Path("/nonexistent"))),
+          "FAKETIME": "2027-01-15 12:00:00", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+
+
 def _modules(args: tuple[str, ...]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "cronpy", *args], capture_output=True, text=True)
     return out, {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
@@ -294,12 +301,9 @@ def test_stats_answers_from_its_summary_of_the_jobs_file_until_the_file_changes(
     summary = state / "jobs-summary.json"
 
     def stats() -> dict[str, Any]:
-        out = cronpy("stats", "--json", "-f", str(path))
+        out = cronpy("stats", "--json", "-f", str(path), env=FROZEN)
         assert out.returncode == 0, out.stderr
-        rows = {row["job"]: row for row in json.loads(out.stdout)}
-        if rows["b"]["next_run"] is not None:  # never ran on its schedule: 10 minutes from now
-            rows["b"]["next_run"] = "in 10m"
-        return rows
+        return {row["job"]: row for row in json.loads(out.stdout)}
 
     summary.unlink(missing_ok=True)
     validated = stats()
@@ -313,8 +317,11 @@ def test_stats_answers_from_its_summary_of_the_jobs_file_until_the_file_changes(
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert path.stat().st_size == before.st_size
     edited = stats()
-    assert set(edited) == {"a", "b", "d"} and edited["a"]["next_run"] != validated["a"]["next_run"]
-    assert edited["a"]["next_run"].endswith("+00:00")
+    assert set(edited) == {"a", "b", "d"}
+    # 07:00 and 09:00 in Tokyo after the frozen 2027-01-15 12:00 UTC (21:00 there).
+    assert (validated["a"]["next_run"], edited["a"]["next_run"]) == ("2027-01-16T00:00:00+00:00",
+                                                                   "2027-01-15T22:00:00+00:00")
+    assert validated["b"]["next_run"] == "2027-01-15T12:10:00+00:00"  # never ran on its schedule
     # A summary that is not ours (damaged, or from another file) is not trusted.
     summary.write_text('{"key": [], "jobs": [["x"]]}')
     assert stats() == edited
@@ -324,6 +331,25 @@ def test_stats_answers_from_its_summary_of_the_jobs_file_until_the_file_changes(
     path.write_text(path.read_text().replace("schedule: 10m", "schedule: 10 parsecs"))
     broken = stats()
     assert set(broken) == {"a", "b", "d"} and all(row["next_run"] is None for row in broken.values())
+
+
+def test_stats_answers_the_same_when_its_caches_cannot_be_written(jobs_file) -> None:
+    # A state dir where nothing can be replaced (here each cache's name is taken by a
+    # directory, as on a read-only mount every write fails): the same answer, exit 0, no error.
+    path = jobs_file("state_dir: state\njobs:\n  a: {schedule: '0 9 * * *', command: 'true'}\n"
+                     "  b: {schedule: '*/5 * * * *', command: 'exit 3'}\n")
+    for job in ("a", "b", "b"):
+        cronpy("trigger", job, "-f", str(path))
+    state = path.parent / "state"
+    expected = cronpy("stats", "--json", "-f", str(path), env=FROZEN)
+    assert expected.returncode == 0 and (state / "jobs-summary.json").is_file(), expected.stderr
+    for name in ("jobs-summary.json", "stats-memo.json"):
+        (state / name).unlink()
+        (state / name).mkdir()
+    out = cronpy("stats", "--json", "-f", str(path), env=FROZEN)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert json.loads(out.stdout) == json.loads(expected.stdout)
+    assert [p.name for p in state.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
 def test_a_cached_summary_expires_when_a_one_shot_in_it_passes(tmp_path: Path) -> None:
