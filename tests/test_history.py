@@ -464,3 +464,57 @@ def test_sqlite_stats_reuse_a_jobs_quantiles_only_while_its_runs_are_unchanged(s
     memo.write_text(json.dumps(data))
     with History.open(state_dir, readonly=True) as r:
         assert r.stats()[0].max == 1000.0
+
+
+def test_a_burst_claims_each_instant_once_and_each_row_gets_its_own_id(history_db) -> None:
+    from cronpy.models import Finish
+    from cronpy.store import NewRun
+
+    # More rows than one statement takes (SQLite writes a burst in a few multi-row statements,
+    # PostgreSQL pipelines them): three instants claimed before, a manual run twice over, and
+    # one instant twice within the batch (a skipped row, then its claim).
+    for job in ("j005", "j070", "j149"):
+        assert history_db.start_run(job, Trigger.SCHEDULE, T0, scheduled_for=T0) is not None
+    rows = [NewRun(f"j{i:03d}", Trigger.SCHEDULE, T0, T0, 1, None) for i in range(150)]
+    rows[10:10] = [NewRun("m", Trigger.MANUAL, T0, T0, 1, None)] * 2
+    rows.append(NewRun("k", Trigger.SCHEDULE, T0, T0, 1, None, RunStatus.SKIPPED, "still going"))
+    rows.append(NewRun("k", Trigger.SCHEDULE, T0, T0, 1, None))
+    ids = history_db.start_runs(rows)
+    refused = [r.job for r, i in zip(rows, ids) if i is None]
+    assert refused == ["j005", "j070", "j149", "k"]
+    assert ids[-2] is not None and len({i for i in ids if i is not None}) == len(rows) - 4
+    for row, run_id in zip(rows, ids):
+        if run_id is not None:
+            got = history_db.get(run_id)
+            assert (got.job, got.trigger, got.status) == (row.job, row.trigger, row.status)
+    # Outcomes and pids of a burst land on their own rows, however many.
+    claimed = [(row, i) for row, i in zip(rows, ids) if i is not None and row.status is RunStatus.RUNNING]
+    history_db.set_pids([(i, 1000 + n) for n, (_, i) in enumerate(claimed)])
+    history_db.finish_runs([Finish(i, RunStatus.SUCCESS if n % 2 else RunStatus.FAILED, T0 + timedelta(seconds=1),
+                                   n / 1000, exit_code=n % 2) for n, (_, i) in enumerate(claimed)])
+    for n, (row, i) in enumerate(claimed):
+        got = history_db.get(i)
+        assert (got.job, got.duration, got.exit_code, got.pid) == (row.job, n / 1000, n % 2, 1000 + n)
+    totals = {s.job: s for s in history_db.stats()}
+    assert (totals["j001"].runs, totals["j001"].failures) == (1, 0) and totals["j000"].failures == 1
+
+
+def test_a_sqlite_burst_is_written_in_a_few_statements(tmp_path: Path, monkeypatch) -> None:
+    from cronpy.models import Finish
+    from cronpy.store import NewRun
+    from cronpy.store import sqlite as dialect
+
+    statements: list[str] = []
+    run = dialect._Cursor.run
+    monkeypatch.setattr(dialect._Cursor, "run", lambda self, sql, params=(): statements.append(sql) or run(self, sql, params))
+    store = History(tmp_path / "history.db")
+    statements.clear()  # the schema's
+    try:
+        ids = store.start_runs([NewRun(f"j{i:03d}", Trigger.SCHEDULE, T0, T0, 1, None) for i in range(200)])
+        store.finish_runs([Finish(i, RunStatus.SUCCESS, T0, 0.002) for i in ids if i is not None])
+    finally:
+        store.close()
+    # Every statement a hand-over of the GIL to a thread that is spawning: 200 rows in 3 INSERTs
+    # and 3 UPDATEs, not 200 of each (issue #12).
+    assert [s.split()[0] for s in statements] == ["INSERT"] * 3 + ["UPDATE"] * 3
+    assert store.ROWS_PER_STATEMENT * 12 < 999  # parameters a statement, under any build's limit

@@ -39,6 +39,17 @@ FINISHED_DURATION = f"status IN ({FINISHED_SQL}) AND duration IS NOT NULL"
 COLUMNS = ("id, job, status, trigger, attempt, scheduled_for, started_at, finished_at, duration, "
            "exit_code, error, output, result, pid, host")
 _NO_OUTPUT = COLUMNS.replace("output", "NULL")
+_FINISH_COLUMNS = ("status", "finished_at", "duration", "exit_code", "error", "output", "result")
+
+
+def claim_sql(columns: str, values: str, returning: str = "id") -> str:
+    """INSERT of `values` into runs that claims instants: ON CONFLICT on the claim index, a
+    claimed instant yields no row, in the same statement (no exception, so the rest of the
+    batch goes on in the same transaction)."""
+    return (f"INSERT INTO runs ({columns}) VALUES {values}"
+            f" ON CONFLICT (job, scheduled_for) WHERE {CLAIM_WHERE} DO NOTHING RETURNING {returning}")
+
+
 _INSERT_COLUMNS = ("job, status, trigger, attempt, scheduled_for, started_at, finished_at, duration, error, host,"
                    " runner_pid, parent_id")
 
@@ -205,11 +216,7 @@ class SqlStore:
             rows.append((r.job, r.status.value, r.trigger.value, r.attempt, self._to_db(r.scheduled_for),
                          self._to_db(r.started_at), self._to_db(finished), 0.0 if finished is not None else None,
                          r.error, HOST, pid, r.parent_id, *extra))
-        marks = ",".join("?" * len(rows[0]))
-        # ON CONFLICT on the claim index: a claimed instant yields no id, in the same statement
-        # (no exception, so the rest of the batch goes on in the same transaction).
-        sql = (f"INSERT INTO runs ({_INSERT_COLUMNS}{extra_cols}) VALUES ({marks})"
-               f" ON CONFLICT (job, scheduled_for) WHERE {CLAIM_WHERE} DO NOTHING RETURNING id")
+        sql = claim_sql(_INSERT_COLUMNS + extra_cols, "(" + ",".join("?" * len(rows[0])) + ")")
         # One row is one INSERT: on PostgreSQL one round trip instead of three (BEGIN, INSERT,
         # COMMIT): one-row claims 1,202-1,344/s -> 1,749-1,817/s (bench/fleet.py claims).
         with self._tx(one_statement=len(rows) == 1) as tx:
@@ -219,8 +226,7 @@ class SqlStore:
         if not pids:
             return
         with self._tx() as tx:
-            for run_id, pid in pids:
-                tx.run("UPDATE runs SET pid = ? WHERE id = ?", (pid, run_id))
+            self._update_runs(tx, ("pid",), pids)
 
     def finish_run(self, run_id: int, status: RunStatus, finished_at: datetime, *, duration: float | None,
                    exit_code: int | None = None, error: str | None = None, output: str | None = None,
@@ -230,12 +236,17 @@ class SqlStore:
     def finish_runs(self, items: Sequence[Finish]) -> None:
         if not items:
             return
+        to_db = self._to_db
         with self._tx() as tx:
-            for f in items:
-                tx.run("UPDATE runs SET status = ?, finished_at = ?, duration = ?, exit_code = ?, error = ?,"
-                       " output = ?, result = ? WHERE id = ?",
-                       (f.status.value, self._to_db(f.finished_at), f.duration, f.exit_code, f.error, f.output,
-                        result_json(f.result), f.run_id))
+            self._update_runs(tx, _FINISH_COLUMNS, [
+                (f.run_id, f.status.value, to_db(f.finished_at), f.duration, f.exit_code, f.error, f.output,
+                 result_json(f.result)) for f in items])
+
+    def _update_runs(self, tx: Tx, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Set `columns` of each run to a row's values: (id, *values) per row."""
+        sql = "UPDATE runs SET " + ", ".join(f"{c} = ?" for c in columns) + " WHERE id = ?"
+        for row in rows:
+            tx.run(sql, (*row[1:], row[0]))
 
     def _running_rows(self, where: str, params: Sequence[Any]) -> list[Any]:
         return self._read(f"SELECT {COLUMNS}, runner_pid FROM runs WHERE status = 'running' AND {where}", params)
