@@ -162,6 +162,10 @@ def test_kill_9_of_trigger_leaves_the_lock_with_its_job_and_no_run_overlaps_it(j
     try:
         assert wait_for(lambda: marker.exists() and marker.read_text().strip() != "", timeout=20)
         job_pid = int(marker.read_text())
+        # The trigger names the job's process in the lock just after the spawn: kill it once
+        # it has (killed before, the lock is still the job's, only unnamed).
+        lock_file = tmp_path / "state" / "locks" / "job-slow.lock"
+        assert wait_for(lambda: f'"job_pid": {job_pid}' in lock_file.read_text(), timeout=10)
         trig.kill()  # SIGKILL: no cleanup; the kernel closes its descriptors
         trig.wait(10)
         assert not pid_gone(job_pid)  # the job runs on
