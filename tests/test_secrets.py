@@ -216,3 +216,37 @@ def test_the_dashboard_shows_ping_and_webhook_urls_redacted(tmp_path: Path) -> N
     assert "https://***@hc.example/ping/a?token=***" in body and "api_key=***" in body
     for secret in SECRETS:
         assert secret not in body + api + log.read_text()
+
+
+def test_log_lines_are_redacted_once_merged_and_stamped_with_their_own_second() -> None:
+    import io
+
+    from cronpy.redact import RedactingFilter, cronpy_logger
+    from cronpy.service import _TextFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_TextFormatter())
+    handler.addFilter(RedactingFilter())
+    log = cronpy_logger()
+    log.addHandler(handler)
+    try:
+        log.warning("ping %s failed", "http://user:pingpass@example.com/p?token=s3cr3t")  # in an argument
+        log.warning("store host=db password=hunter2 is away")  # in the message itself
+        log.warning("%s: started run %d (%s)", "a", 7, "schedule")  # nothing to hide
+        record = log.makeRecord("cronpy", logging.INFO, "", 0, "tick", None, None)
+        record.created = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
+        first = handler.format(record)
+        record.created += 1.0  # the next second gets its own stamp, not the cached one
+        second = handler.format(record)
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("ping http://***@example.com/p?token=*** failed")
+    assert lines[1].endswith("store host=db password=*** is away")
+    assert lines[2].endswith("WARNING a: started run 7 (schedule)")
+    for secret in ("pingpass", "s3cr3t", "hunter2"):
+        assert secret not in stream.getvalue()
+    stamp = datetime.fromtimestamp(record.created - 1.0).astimezone().strftime("%Y-%m-%dT%H:%M:%S%z")
+    assert first == f"{stamp} INFO tick"
+    assert second != first and second.endswith(" INFO tick")
