@@ -138,6 +138,7 @@ class Attempt:
         self._code: int | None = None  # the leader's exit status, once reaped
         self._ended_at: float | None = None  # monotonic instant the leader's exit was seen
         self._exit_ready = False  # the pidfd fired: reap (no waitpid per wake-up before that)
+        self._exit_seen: float | None = None  # monotonic instant the watcher saw the pidfd fire
         self.finished = False
         # Anything that fails here (no descriptors left, a full /tmp, a missing program)
         # fails this attempt, not the runner.
@@ -259,11 +260,17 @@ class Attempt:
         return out
 
     def on_ready(self, kind: str) -> None:
-        """One of fds() is readable: read the output (or note the exit, in advance())."""
+        """One of fds() is readable: read the output (or note the exit, reaped in advance())."""
         if kind == "out":
             self._pipe_open = self._read_some()
         elif kind == "exit":
             self._exit_ready = True
+
+    def exit_seen(self, at: float) -> None:
+        """The watcher saw the leader's pidfd fire at monotonic `at` and looks at it later:
+        the job's duration ends at `at`, not at the look."""
+        if self._exit_seen is None:
+            self._exit_seen = at
 
     def advance(self, now: float) -> float | None:
         """Apply what is due at monotonic `now`; return when to look again (None: when an fd
@@ -285,7 +292,8 @@ class Attempt:
             if self._drain_until is not None:
                 self._drain_until = max(self._drain_until, now + DRAIN)  # the killed group's last output
         if self._ended_at is None and (self._exit_ready or self.pidfd is None) and self._reap():
-            self._ended_at = now
+            # The job's end: when its exit was seen, if the watcher looked at it later.
+            self._ended_at = min(now, self._exit_seen) if self._exit_seen is not None else now
             self._drain_until = now + DRAIN
             if self._pipe_open:
                 # The pipe's end of file is usually there already (the leader held the last

@@ -20,7 +20,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Deque, Sequence
@@ -33,6 +33,7 @@ from cronpy.models import At, Every, Finish, JobSet, JobSpec, Overlap, RunRecord
 from cronpy.redact import cronpy_logger
 from cronpy.runner.admission import admit
 from cronpy.runner.agenda import LEAD, MISFIRE_GRACE, Agenda, Due
+from cronpy.runner.burst import Burst
 from cronpy.runner.claimer import Claimed, Claimer, ClaimResult, Refused, Taken, Unrecorded
 from cronpy.runner.recorder import CANCELLED_ERROR, Call, Late, Outcome, Pids, Recorder
 from cronpy.runner.supervisor import Supervisor
@@ -47,6 +48,8 @@ log = cronpy_logger()
 
 # Runs of a burst claimed (and so started) before the rest are claimed; see _dispatch.
 FIRST_BATCH = 4
+#: While a burst spawns, how often the loop notes the instants of the exits (runner.burst).
+COLLECT_EVERY = 0.001
 
 # How long a foreground `cronpy trigger` waits for a busy store to take its claim (seconds).
 FOREGROUND_CLAIM_WAIT = 10.0
@@ -57,7 +60,7 @@ FLUSH_ON_STOP = 30.0
 OutputSink = Callable[[str, str], None]  # (job name, line)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Active:
     key: int  # this process's own number for the run (a run may have no row yet)
     due: Due
@@ -68,10 +71,10 @@ class _Active:
     attempt: Attempt | None = None
 
     output: RunOutput | None = None  # the run's whole output on disk (`logs -f`, `output: keep`)
+    run_id: int | None = field(init=False)  # its row's id (None: not recorded yet)
 
-    @property
-    def run_id(self) -> int | None:
-        return self.claim.run_id if isinstance(self.claim, Claimed) else None
+    def __post_init__(self) -> None:
+        self.run_id = self.claim.run_id if isinstance(self.claim, Claimed) else None
 
 
 def _file_lock_fd(lock: JobLock | None) -> int | None:
@@ -143,6 +146,8 @@ class Runner:
         self._start_lock = threading.Lock()
         self.claimer = Claimer()
         self._supervisor: Supervisor | None = None
+        #: closed while _dispatch spawns back to back: the supervisor and the writer wait
+        self.burst = Burst()
         #: monotonic time of the loop's last pass (standby included): the watchdog's evidence
         self.heartbeat = time.monotonic()
         #: the longest the loop sleeps between passes (None: the clock's own bound); the service
@@ -158,7 +163,7 @@ class Runner:
         if recorder is None:
             with self._start_lock:
                 if self._recorder is None:
-                    self._recorder = Recorder(self._writer_store or self.history)
+                    self._recorder = Recorder(self._writer_store or self.history, burst=self.burst)
                 recorder = self._recorder
         return recorder
 
@@ -168,7 +173,7 @@ class Runner:
         if supervisor is None:
             with self._start_lock:
                 if self._supervisor is None:
-                    self._supervisor = Supervisor()
+                    self._supervisor = Supervisor(self.burst)
                 supervisor = self._supervisor
         return supervisor
 
@@ -492,47 +497,61 @@ class Runner:
         # (~1 ms) instead of after the whole burst's (~20 ms for 200 rows); skipped rows ride
         # with the last batch.
         batches = [to_start[:FIRST_BATCH], to_start[FIRST_BATCH:]] if len(to_start) > FIRST_BATCH else [to_start]
-        for n, batch in enumerate(batches):
-            last = n == len(batches) - 1
-            rows = [NewRun(d.job, d.trigger, max(now, d.when), d.scheduled_for, d.attempt, d.parent_id)
-                    for d in batch]
-            if last:
-                rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
-                                RunStatus.SKIPPED, reason) for d, reason in skipped]
-            results = self.claimer.claim(self.history, rows)
-            if any(isinstance(r, Refused) and r.lost_lead for r in results):
-                self._leading = False
-                self.wake.set()
-            for d, row, result in zip(batch, rows, results):
-                lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
-                if not isinstance(result, (Claimed, Unrecorded)):
-                    if isinstance(result, Taken):
-                        log.info("%s: instant %s already claimed (by another runner, or before the wall clock"
-                                 " was stepped back); not running it",
-                                 d.job, d.scheduled_for.isoformat())
-                    if lock is not None and lock is not self._prelocked.get(d.job):
-                        self._release(lock)
-                    continue
-                spec = jobs[d.job]
-                if lock is None and spec.overlap is Overlap.SKIP:
-                    lock = self.locks.job(d.job)
-                    try:
-                        lock.acquire(now=now, write_holder=False)
-                    except LockHeld as exc:
-                        # Claimed, then found running in another process (a `cronpy trigger`).
-                        not_started.append((d, row, result, RunStatus.SKIPPED, str(exc)))
+        # The supervisor and the writer wait while this spawns back to back (runner.burst).
+        burst = self.burst if len(to_start) > 1 else None
+        next_look = 0.0
+        try:
+            for n, batch in enumerate(batches):
+                last = n == len(batches) - 1
+                rows = [NewRun(d.job, d.trigger, max(now, d.when), d.scheduled_for, d.attempt, d.parent_id)
+                        for d in batch]
+                if last:
+                    rows += [NewRun(d.job, d.trigger, now, d.scheduled_for, d.attempt, d.parent_id,
+                                    RunStatus.SKIPPED, reason) for d, reason in skipped]
+                results = self.claimer.claim(self.history, rows)
+                if any(isinstance(r, Refused) and r.lost_lead for r in results):
+                    self._leading = False
+                    self.wake.set()
+                for d, row, result in zip(batch, rows, results):
+                    lock = prelocked.get(d.seq) or self._prelocked.get(d.job)
+                    if not isinstance(result, (Claimed, Unrecorded)):
+                        if isinstance(result, Taken):
+                            log.info("%s: instant %s already claimed (by another runner, or before the wall clock"
+                                     " was stepped back); not running it",
+                                     d.job, d.scheduled_for.isoformat())
+                        if lock is not None and lock is not self._prelocked.get(d.job):
+                            self._release(lock)
                         continue
-                    except OSError as exc:  # no descriptors left, an unwritable state dir, no store
-                        not_started.append((d, row, result, RunStatus.FAILED, f"could not take the job lock: {exc}"))
-                        continue
-                self._until(d.when)
-                spawned.append(self._spawn(spec, d, result, lock, max(now, d.when)))
-            if last:
-                for (d, reason), row, result in zip(skipped, rows[len(batch):], results[len(batch):]):
-                    if isinstance(result, Unrecorded):
-                        self.recorder.put(Late(row))
-                    if isinstance(result, (Claimed, Unrecorded)):
-                        log.warning("%s: skipped run%s (%s): %s", d.job, _id(result), d.trigger.value, reason)
+                    spec = jobs[d.job]
+                    if lock is None and spec.overlap is Overlap.SKIP:
+                        lock = self.locks.job(d.job)
+                        try:
+                            lock.acquire(now=now, write_holder=False)
+                        except LockHeld as exc:
+                            # Claimed, then found running in another process (a `cronpy trigger`).
+                            not_started.append((d, row, result, RunStatus.SKIPPED, str(exc)))
+                            continue
+                        except OSError as exc:  # no descriptors left, an unwritable state dir, no store
+                            not_started.append((d, row, result, RunStatus.FAILED, f"could not take the job lock: {exc}"))
+                            continue
+                    self._until(d.when)
+                    if burst is not None and not burst.on:
+                        burst.begin()  # from the first spawn on, not while waiting for the instant
+                    spawned.append(self._spawn(spec, d, result, lock, max(now, d.when)))
+                    if burst is not None and (t := time.monotonic()) >= next_look:
+                        # The instants of the exits so far, to the millisecond (a look is one
+                        # epoll_wait: every 3-4 spawns, not after each).
+                        self.supervisor.collect()
+                        next_look = t + COLLECT_EVERY
+                if last:
+                    for (d, reason), row, result in zip(skipped, rows[len(batch):], results[len(batch):]):
+                        if isinstance(result, Unrecorded):
+                            self.recorder.put(Late(row))
+                        if isinstance(result, (Claimed, Unrecorded)):
+                            log.warning("%s: skipped run%s (%s): %s", d.job, _id(result), d.trigger.value, reason)
+        finally:
+            if burst is not None:
+                burst.end()
         # Off the path from here: after the last spawn, through the writer.
         pids = tuple((a.run_id, a.attempt.pid) for a in spawned
                      if a.run_id is not None and a.attempt is not None and a.attempt.pid is not None)
@@ -634,10 +653,14 @@ class Runner:
         # other run's exit would wait behind it (their durations grew by the whole tick). A
         # deque append is atomic; the loop takes it from there at once (wake).
         self._finished.append((active, result, finished))
-        self._ended.set()
         # The loop reaps it at once (retries, chains, observers: metrics, pings); a tick with
-        # nothing due costs no store access.
-        self.wake.set()
+        # nothing due costs no store access. An event already set is not set again (a lock
+        # and a notify each, for every run of a burst): whoever clears one reaps after
+        # clearing it, so this run is reaped either way.
+        if not self._ended.is_set():
+            self._ended.set()
+        if not self.wake.is_set():
+            self.wake.set()
 
     def reap(self) -> None:
         """Record the runs that ended and queue their retries and chains (the loop does this at

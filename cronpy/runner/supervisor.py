@@ -13,6 +13,13 @@ attempt fires. Without epoll (not Linux), watch() hands the attempt over and wak
 
 Where there is no pidfd (not Linux 5.3+), exits are polled every POLL_WITHOUT_PIDFD seconds
 (one waitpid per running job, 20 times a second) instead of being signalled.
+
+With epoll, each descriptor is watched one-shot: once it fires, the kernel stops reporting it
+until the supervisor re-arms it (a pipe still open after a read) or closes it (the attempt is
+over), so no system call is needed to stop watching. That is what lets the supervisor put its
+work off while the loop spawns a burst (runner.burst): it notes the instant each exit was seen
+and goes back to waiting; it reaps, reads and closes when the burst is over, or after
+DEFER_AT_MOST seconds. A timeout is applied at once, burst or not; a cancel within DEFER_AT_MOST.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, Callable
 from cronpy.executor import Attempt, AttemptResult, drain_wake, poke, wake_fds
 from cronpy.models import RunStatus
 from cronpy.redact import cronpy_logger
+from cronpy.runner.burst import DEFER_AT_MOST, Burst
 
 log = cronpy_logger()
 
@@ -42,9 +50,16 @@ class _Poll:
         self.shared = hasattr(select, "epoll")
         self._p: Any = select.epoll() if self.shared else select.poll()
         self._in = select.EPOLLIN if self.shared else select.POLLIN
+        #: one-shot registrations (epoll): a descriptor that fired is not reported again
+        #: until rearm()
+        self.oneshot = self.shared
+        self._once = select.EPOLLIN | select.EPOLLONESHOT if self.shared else self._in
 
-    def register(self, fd: int) -> None:
-        self._p.register(fd, self._in)
+    def register(self, fd: int, *, once: bool = False) -> None:
+        self._p.register(fd, self._once if once else self._in)
+
+    def rearm(self, fd: int) -> None:
+        self._p.modify(fd, self._once)
 
     def unregister(self, fd: int) -> None:
         self._p.unregister(fd)
@@ -63,7 +78,7 @@ class Supervisor:
     """Watch attempts to their end; see the module docstring. Thread-safe: watch() and the
     attempts' cancel() may be called from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, burst: Burst | None = None) -> None:
         self._poll = _Poll()
         self._wake_r, self._wake_w = wake_fds()
         self._poll.register(self._wake_r)
@@ -73,6 +88,12 @@ class Supervisor:
         self._touched: set[int] = set()  # attempts to advance at the next wake-up (new, cancelled)
         self._watched: dict[int, tuple[Attempt, Done, dict[int, str]]] = {}  # by id(attempt)
         self._fds: dict[int, tuple[int, str]] = {}  # fd -> (id(attempt), kind)
+        self._disarmed: set[int] = set()  # one-shot descriptors that fired and are not re-armed
+        # What fired and waits to be handled, (key, kind), and since when (under the mutex).
+        self._deferred: list[tuple[int, str]] = []
+        self._deferred_since = 0.0
+        # Only one-shot registrations can wait without being reported again and again.
+        self._burst = burst if self._poll.oneshot else None
         self._timers: list[tuple[float, int, int]] = []  # (when, seq, id(attempt)), lazily pruned
         self._next: dict[int, float | None] = {}
         self._seq = itertools.count()
@@ -113,35 +134,37 @@ class Supervisor:
     def _loop(self) -> None:
         try:
             while True:
+                now = time.monotonic()
                 with self._mutex:
                     touched, self._touched = self._touched, set()
                     if self._closed and not self._watched:
                         break
-                now = time.monotonic()
+                    # While the loop spawns a burst it notes the exits itself (collect()): the
+                    # events wait, the supervisor does not wake for each.
+                    holding = (self._burst is not None and self._burst.on and bool(self._deferred)
+                               and now - self._deferred_since < DEFER_AT_MOST)
+                    deferred: list[tuple[int, str]] = []
+                    if not holding:
+                        deferred, self._deferred = self._deferred, []
                 while self._timers and self._timers[0][0] <= now:
                     _, _, key = heapq.heappop(self._timers)
                     touched.add(key)
+                for key, kind in deferred:
+                    entry = self._watched.get(key)
+                    if entry is not None:
+                        entry[0].on_ready(kind)
+                        touched.add(key)
                 for key in touched:
                     self._advance(key, now)
                 timeout = None
                 if self._timers:
                     timeout = max(0.0, self._timers[0][0] - time.monotonic())
-                touched = set()
-                for fd, _ in self._poll.poll(timeout):
-                    if fd == self._wake_r:
-                        drain_wake(self._wake_r)
-                        continue
-                    data = self._fds.get(fd)
-                    if data is None:
-                        continue
-                    key, kind = data
-                    entry = self._watched.get(key)
-                    if entry is not None:
-                        entry[0].on_ready(kind)
-                        touched.add(key)
-                now = time.monotonic()
-                for key in touched:
-                    self._advance(key, now)
+                if holding:
+                    assert self._burst is not None
+                    left = max(0.0, self._deferred_since + DEFER_AT_MOST - time.monotonic())
+                    self._burst.wait_over(left if timeout is None else min(timeout, left))
+                    continue
+                self._note(self._poll.poll(timeout), own=True)
         except Exception:  # never silently: a dead supervisor would leave every run unwatched
             log.critical("the supervisor loop failed", exc_info=True)
             raise
@@ -153,18 +176,63 @@ class Supervisor:
                 except OSError:
                     pass
 
+    def collect(self) -> None:
+        """During a burst, on the spawning thread: note the exits that fired since the last
+        look (their instants), for the supervisor to handle once the burst is over. One
+        epoll_wait that does not block; nothing if no burst is on."""
+        if self._burst is not None and self._burst.on:
+            events = self._poll.poll(0)
+            if events:
+                self._note(events, own=False)
+
+    def _note(self, events: list[tuple[int, int]], *, own: bool) -> None:
+        """Queue what fired (see _loop); an exit's instant is noted now. `own`: the
+        supervisor's thread, which also drains its wake-up descriptor."""
+        seen = time.monotonic()
+        fired = []
+        with self._mutex:
+            for fd, _ in events:
+                if fd == self._wake_r:
+                    if own:
+                        drain_wake(self._wake_r)
+                    continue
+                data = self._fds.get(fd)
+                if data is None:
+                    continue
+                key, kind = data
+                entry = self._watched.get(key)
+                if entry is None:
+                    continue
+                if kind == "exit":
+                    entry[0].exit_seen(seen)  # the job's end, however late it is reaped
+                if not self._deferred:
+                    self._deferred_since = seen
+                self._deferred.append((key, kind))
+                fired.append(fd)
+            if self._poll.oneshot:
+                self._disarmed.update(fired)
+
     def _sync(self, key: int, attempt: Attempt, registered: dict[int, str]) -> None:
         """Make the poll set hold what the attempt wants watched now (under the mutex)."""
         wanted = {} if attempt.finished else dict(attempt.fds())
+        disarmed = self._disarmed
         for fd in [fd for fd in registered if fd not in wanted]:
-            self._poll.unregister(fd)
+            if fd in disarmed:
+                # It fired and is reported no more; closing it (result()) takes it out of the
+                # set: no system call here.
+                disarmed.discard(fd)
+            else:
+                self._poll.unregister(fd)
             del registered[fd]
             self._fds.pop(fd, None)
         for fd, kind in wanted.items():
             if fd not in registered:
                 registered[fd] = kind
                 self._fds[fd] = (key, kind)
-                self._poll.register(fd)
+                self._poll.register(fd, once=True)
+            elif fd in disarmed:
+                disarmed.discard(fd)
+                self._poll.rearm(fd)
 
     def _advance(self, key: int, now: float) -> None:
         entry = self._watched.get(key)
