@@ -78,3 +78,37 @@ def test_no_outcome_waits_for_a_burst_longer_than_the_bound(watcher: Supervisor,
     assert wait_for(lambda: all(done for _, done in attempts), timeout=10)
     assert burst.on
     assert all(done[0].status is RunStatus.SUCCESS and done[0].duration < 1.0 for _, done in attempts)
+
+
+def test_every_outcome_of_a_burst_is_recorded_with_nothing_else_happening(state_dir: Path) -> None:
+    # The loop takes the exits it notes between spawns off the supervisor's epoll set: the
+    # supervisor must still learn of them when nothing else will wake it (no later run, no
+    # timer). Before the fix, 2 of 3 such tests left a burst's last runs `running` for good.
+    from datetime import datetime, timezone
+
+    from conftest import jobset
+
+    from cronpy.clock import FakeClock
+    from cronpy.locks import Locks
+    from cronpy.runner import Runner
+    from cronpy.store.sqlite import SqliteStore
+
+    jobs = jobset("max_concurrent: 200\njobs:\n" + "".join(
+        f"  j{i:02d}: {{schedule: '* * * * * *', command: ['true'], overlap: allow}}\n" for i in range(100)))
+    clock = FakeClock(datetime(2026, 5, 4, 10, 0, 0, tzinfo=timezone.utc))
+    history = SqliteStore.open(state_dir)
+    runner = Runner(jobs, history, Locks(state_dir), clock, state_dir=state_dir)
+    try:
+        runner.start(clock.now())
+        for _ in range(15):
+            when = runner.next_wakeup()
+            assert when is not None
+            clock.set(when)
+            assert len(runner.tick(when)) == 100
+            assert runner.wait_idle(10), f"{runner.active_count} runs never seen to end"
+        assert history.stats()[0].runs == 15
+        assert not [r for r in history.query(None, limit=None) if r.status is not RunStatus.SUCCESS]
+    finally:
+        runner.shutdown(0)
+        runner.close()
+        history.close()

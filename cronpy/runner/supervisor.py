@@ -191,6 +191,7 @@ class Supervisor:
         seen = time.monotonic()
         fired = []
         with self._mutex:
+            first = not self._deferred
             for fd, _ in events:
                 if fd == self._wake_r:
                     if own:
@@ -211,6 +212,10 @@ class Supervisor:
                 fired.append(fd)
             if self._poll.oneshot:
                 self._disarmed.update(fired)
+        if fired and first and not own:
+            # The supervisor may be blocked in epoll_wait for events this thread has taken:
+            # wake it, so that it waits for the burst's end (at most DEFER_AT_MOST) instead.
+            poke(self._wake_w)
 
     def _sync(self, key: int, attempt: Attempt, registered: dict[int, str]) -> None:
         """Make the poll set hold what the attempt wants watched now (under the mutex)."""
