@@ -112,3 +112,21 @@ def test_every_outcome_of_a_burst_is_recorded_with_nothing_else_happening(state_
         runner.shutdown(0)
         runner.close()
         history.close()
+
+
+def test_a_run_with_a_timeout_that_ends_during_a_burst_keeps_its_own_duration(
+        watcher: Supervisor, burst: Burst, monkeypatch) -> None:
+    # A run with a timeout needs the supervisor's first look (its deadline), which waits for
+    # the burst: its exit must still be seen when it happens, not at that look.
+    monkeypatch.setattr(supervisor_module, "DEFER_AT_MOST", 30.0)
+    _, first = watch(watcher, JobSpec(name="first", command=["true"]))
+    burst.begin()
+    assert wait_for(lambda: (watcher.collect() or True) and bool(watcher._deferred), timeout=10)
+    attempt, done = watch(watcher, JobSpec(name="timed", command=["true"], timeout=60))
+    assert attempt.pid is not None
+    assert wait_for(lambda: pid_gone(attempt.pid), timeout=10)
+    watcher.collect()
+    assert not wait_for(lambda: bool(done), timeout=0.5)  # the supervisor waits for the burst
+    burst.end()
+    assert wait_for(lambda: bool(done) and bool(first), timeout=10)
+    assert done[0].status is RunStatus.SUCCESS and done[0].duration < 0.25, done[0].duration

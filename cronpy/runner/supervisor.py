@@ -110,10 +110,12 @@ class Supervisor:
         with self._mutex:
             registered: dict[int, str] = {}
             self._watched[key] = (attempt, done, registered)
-            if quiet:
+            if self._poll.shared:
+                # Watched from now on, also a run with a timeout: its exit is seen when it
+                # happens even while the supervisor waits out a burst before its first look.
                 self._sync(key, attempt, registered)
-            else:
-                self._touched.add(key)
+            if not quiet:
+                self._touched.add(key)  # its deadline (or its cancel) needs the supervisor
         if not quiet:
             poke(self._wake_w)
 
