@@ -78,10 +78,11 @@ class RedactingFilter(logging.Filter):
     no handler it is attached to can print a URL's secret, whoever logged it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args or not isinstance(record.msg, str) or "://" in record.msg or "=" in record.msg:
+        message = redact_text(record.getMessage())
+        if record.args or message != record.msg:
             # The message is merged with its arguments once, here: the handler's filter and
             # formatter then take it as it is (3 -> 1 %-formatting a line, issue #12).
-            record.msg, record.args = redact_text(record.getMessage()), None
+            record.msg, record.args = message, None
         return True
 
 

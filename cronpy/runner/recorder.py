@@ -241,11 +241,11 @@ class Recorder:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                hold = self._burst is not None and not self._stop and self._failing_since is None
-            if hold and self._burst is not None and self._burst.on:
+                burst = self._burst if not self._stop and self._failing_since is None else None
+            if burst is not None and burst.on:
                 # The loop is spawning a burst: commit after it (a commit's every statement
                 # hands the GIL to the loop and back, see runner.burst).
-                self._burst.wait_over(WRITE_AT_MOST)
+                burst.wait_over(WRITE_AT_MOST)
             with self._cond:
                 if self._stop and (not self._items or self._failing_since is not None):
                     return

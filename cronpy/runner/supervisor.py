@@ -50,9 +50,8 @@ class _Poll:
         self.shared = hasattr(select, "epoll")
         self._p: Any = select.epoll() if self.shared else select.poll()
         self._in = select.EPOLLIN if self.shared else select.POLLIN
-        #: one-shot registrations (epoll): a descriptor that fired is not reported again
-        #: until rearm()
-        self.oneshot = self.shared
+        # epoll registrations may be one-shot: a descriptor that fired is not reported again
+        # until rearm()
         self._once = select.EPOLLIN | select.EPOLLONESHOT if self.shared else self._in
 
     def register(self, fd: int, *, once: bool = False) -> None:
@@ -92,8 +91,8 @@ class Supervisor:
         # What fired and waits to be handled, (key, kind), and since when (under the mutex).
         self._deferred: list[tuple[int, str]] = []
         self._deferred_since = 0.0
-        # Only one-shot registrations can wait without being reported again and again.
-        self._burst = burst if self._poll.oneshot else None
+        # Only one-shot registrations (epoll) can wait without being reported again and again.
+        self._burst = burst if self._poll.shared else None
         self._timers: list[tuple[float, int, int]] = []  # (when, seq, id(attempt)), lazily pruned
         self._next: dict[int, float | None] = {}
         self._seq = itertools.count()
@@ -208,11 +207,11 @@ class Supervisor:
                     continue
                 if kind == "exit":
                     entry[0].exit_seen(seen)  # the job's end, however late it is reaped
-                if not self._deferred:
-                    self._deferred_since = seen
                 self._deferred.append((key, kind))
                 fired.append(fd)
-            if self._poll.oneshot:
+            if fired and first:
+                self._deferred_since = seen
+            if self._poll.shared:
                 self._disarmed.update(fired)
         if fired and first and not own:
             # The supervisor may be blocked in epoll_wait for events this thread has taken:
